@@ -1,0 +1,93 @@
+"""Episode augmentation of the SSL-ALPNet reference (``sabs_aug``), in torch.
+
+Geometry (same map for image and mask): rotation U(-5, 5) deg about the centre,
+translation U(-5, 5) px, shear U(-5, 5) deg with matrix [[1, -sin s], [0, cos s]],
+isotropic zoom U(0.9, 1.2); composed rotate -> translate -> shear -> zoom; then an
+elastic field (uniform noise in [-1, 1], Gaussian-blurred with sigma 5, times
+alpha 10 px). Intensity: gamma U(0.5, 1.5) on the slice rescaled to [0, 1] by its own
+min/max. Pixel quantities are defined for the papers' 256x256 slices and scaled by
+``size / 256`` so the demo's smaller slices get the same relative deformation.
+
+The mask is warped bilinearly and foreground is kept where the warped value exceeds
+0.5, which is what the reference's one-hot warp + rint + argmax amounts to. All
+randomness comes from a seeded ``torch.Generator`` (the reference draws from an
+unseeded NumPy state, so its episodes are not reproducible).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+REFERENCE_SIZE = 256
+
+
+def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
+    return lo + (hi - lo) * float(torch.rand((), generator=gen))
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``[N,1,H,W]`` with kernel size int(4 sigma) | 1."""
+    k = int(4 * sigma) | 1
+    r = torch.arange(k, dtype=x.dtype) - k // 2
+    w = torch.exp(-(r**2) / (2 * sigma**2))
+    w = w / w.sum()
+    x = F.conv2d(F.pad(x, (k // 2, k // 2, 0, 0), mode="reflect"), w.view(1, 1, 1, k))
+    return F.conv2d(F.pad(x, (0, 0, k // 2, k // 2), mode="reflect"), w.view(1, 1, k, 1))
+
+
+def affine_matrix(rot_deg: float, tx: float, ty: float, shear_deg: float, zoom: float) -> torch.Tensor:
+    """3x3 forward map in centred pixel coordinates (x, y): Z @ S @ T @ R."""
+    a, s = math.radians(rot_deg), math.radians(shear_deg)
+    R = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0, 0, 1]])
+    T = torch.tensor([[1.0, 0, tx], [0, 1, ty], [0, 0, 1]])
+    S = torch.tensor([[1.0, -math.sin(s), 0], [0, math.cos(s), 0], [0, 0, 1]])
+    Z = torch.tensor([[zoom, 0, 0], [0, zoom, 0], [0, 0, 1.0]])
+    return Z @ S @ T @ R
+
+
+def warp(image: torch.Tensor, mask: torch.Tensor, forward: torch.Tensor, displacement: torch.Tensor | None):
+    """Warp ``image``/``mask`` ``[H,W]`` (square) by the forward affine map, after which
+    ``displacement [2,H,W]`` (pixels, x then y) is applied: output p samples the input
+    at A^-1 (p + d(p))."""
+    h, w = image.shape
+    assert h == w, "augmentation expects square slices"
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    px = xs + 0.5 - w / 2
+    py = ys + 0.5 - h / 2
+    if displacement is not None:
+        px = px + displacement[0]
+        py = py + displacement[1]
+    inv = torch.linalg.inv(forward)
+    sx = inv[0, 0] * px + inv[0, 1] * py + inv[0, 2]
+    sy = inv[1, 0] * px + inv[1, 1] * py + inv[1, 2]
+    grid = torch.stack([sx * 2 / w, sy * 2 / h], dim=-1)[None]  # align_corners=False units
+    stack = torch.stack([image, mask.float()])[:, None]
+    out = F.grid_sample(stack, grid.expand(2, -1, -1, -1), mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[0, 0], out[1, 0] > 0.5
+
+
+def gamma(image: torch.Tensor, g: float) -> torch.Tensor:
+    lo, hi = image.min(), image.max()
+    span = hi - lo + 1e-5
+    return ((image - lo) / span).clamp_min(0) ** g * span + lo
+
+
+def augment(image: torch.Tensor, mask: torch.Tensor, cfg: dict, gen: torch.Generator):
+    """One random view of a slice ``[H,W]`` and its binary mask ``[H,W]``."""
+    size = image.shape[-1]
+    px = size / REFERENCE_SIZE
+    rot = _uniform(gen, -cfg["rotate_deg"], cfg["rotate_deg"])
+    tx = _uniform(gen, -cfg["translate_px"], cfg["translate_px"]) * px
+    ty = _uniform(gen, -cfg["translate_px"], cfg["translate_px"]) * px
+    sh = _uniform(gen, -cfg["shear_deg"], cfg["shear_deg"])
+    zm = _uniform(gen, *cfg["zoom"])
+    disp = None
+    if cfg.get("elastic_alpha", 0) > 0:
+        noise = torch.rand((2, 1, size, size), generator=gen) * 2 - 1
+        disp = _gaussian_blur(noise, cfg["elastic_sigma"] * px)[:, 0] * cfg["elastic_alpha"] * px
+    img, msk = warp(image, mask, affine_matrix(rot, tx, ty, sh, zm), disp)
+    g = _uniform(gen, *cfg["gamma"])
+    return gamma(img, g), msk

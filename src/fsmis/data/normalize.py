@@ -1,0 +1,38 @@
+"""Intensity normalisation at load time, as the SSL-ALPNet reference does it.
+
+- CT: one global z-score whose mean/std come from all voxels of the fold's
+  training scans (preprocessed 0..255 scale); the same statistics are used at test
+  time, so they travel inside the checkpoint.
+- MR: per-volume z-score (each scan by its own mean/std).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def ct_statistics(volumes) -> dict:
+    """Mean and std over all voxels of the given volumes (streamed, float64)."""
+    n = 0
+    s = 0.0
+    ss = 0.0
+    for v in volumes:
+        v = np.asarray(v, dtype=np.float64)
+        n += v.size
+        s += v.sum()
+        ss += np.square(v).sum()
+    if n == 0:
+        raise ValueError("no training voxels to compute CT normalisation statistics from")
+    mean = s / n
+    return {"mean": float(mean), "std": float(np.sqrt(max(ss / n - mean * mean, 1e-12)))}
+
+
+def normalize(volume: np.ndarray, modality: str, stats: dict | None) -> np.ndarray:
+    volume = np.asarray(volume, dtype=np.float32)
+    if modality == "CT":
+        if stats is None:
+            raise ValueError("CT normalisation needs the training statistics")
+        return (volume - stats["mean"]) / stats["std"]
+    if modality == "MR":
+        return (volume - volume.mean()) / max(float(volume.std()), 1e-6)
+    raise ValueError(f"unknown modality {modality!r} (expected CT or MR)")

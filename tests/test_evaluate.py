@@ -1,0 +1,54 @@
+"""The oracle protocol: support slice choice, chunk assignment, per-scan Dice."""
+
+import numpy as np
+import pytest
+
+from fsmis import evaluate as E
+
+
+def test_support_slices_at_chunk_centres():
+    lab = np.zeros((20, 2, 2), np.uint8)
+    lab[4:16] = 3  # 12 slices: zlist = 4..15
+    # int(1/6*12)=2 -> 6, int(1/2*12)=6 -> 10, int(5/6*12)=10 -> 14
+    assert E.support_slices(lab, 3, 3) == [6, 10, 14]
+    with pytest.raises(ValueError, match="absent"):
+        E.support_slices(lab, 1, 3)
+
+
+def test_chunk_assignment_reference_formula():
+    # extent 10..19: width 9/3 = 3 per chunk; z=13 -> floor(3/3) = 1; z=19 -> 3 -> clipped to 2
+    assert [E.chunk_of(z, 10, 19, 3) for z in (10, 12, 13, 15, 16, 19)] == [0, 0, 1, 1, 2, 2]
+    assert E.chunk_of(5, 5, 5, 3) == 0
+
+
+def _scan(case, label):
+    return E.Scan(case, np.zeros(label.shape, np.float32), label, (5.0, 1.0, 1.0))
+
+
+def test_mask_transfer_on_identical_scans_is_perfect_and_outside_slab_ignored():
+    lab = np.zeros((9, 8, 8), np.uint8)
+    lab[2:7, 2:5, 2:5] = 1
+    rows, preds = E.evaluate_oracle(E.MaskTransferPredictor(), _scan("s", lab), [_scan("q", lab.copy())],
+                                    {"liver": 1}, n_parts=3)
+    assert rows[0]["dice"] == pytest.approx(1.0) and rows[0]["slices_scored"] == 5
+    assert (preds["q"] == lab).all()
+
+
+def test_mask_transfer_dice_by_hand():
+    sup = np.zeros((3, 4, 4), np.uint8)
+    sup[:, 0:2, 0:2] = 1  # 4 px per slice
+    qry = np.zeros((3, 4, 4), np.uint8)
+    qry[:, 0:2, 1:3] = 1  # shifted by one column: overlap 2 px per slice
+    rows, _ = E.evaluate_oracle(E.MaskTransferPredictor(), _scan("s", sup), [_scan("q", qry)], {"liver": 1})
+    # per slice tp 2, fp 2, fn 2 -> Dice = 2*6 / (2*6 + 6 + 6) = 0.5
+    assert rows[0]["dice"] == pytest.approx(0.5)
+    assert (rows[0]["tp"], rows[0]["fp"], rows[0]["fn"]) == (6, 6, 6)
+
+
+def test_missing_class_in_query_is_flagged_not_zero():
+    sup = np.zeros((3, 4, 4), np.uint8)
+    sup[1, :2, :2] = 1
+    qry = np.zeros((3, 4, 4), np.uint8)
+    rows, _ = E.evaluate_oracle(E.MaskTransferPredictor(), _scan("s", sup), [_scan("q", qry)], {"liver": 1})
+    assert rows[0]["flag"] == "empty_reference" and np.isnan(rows[0]["dice"])
+    assert np.isnan(E.summarize(rows, ["liver"])["dice"]["liver"])
