@@ -1,0 +1,262 @@
+"""Workflow tests: the DAG a config implies (dry-runs), lint, config validation.
+
+These run `snakemake` in a subprocess against a temporary working directory. Parsing
+the workflow imports neither torch nor the fsmis library, so they need no GPU and no
+data, and take a few seconds each. The end-to-end run lives elsewhere.
+"""
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEFILE = REPO / "Snakefile"
+DEMO_CONFIG = REPO / "config.yaml"
+SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
+
+
+def run_snakemake(workdir, *args, configfile=DEMO_CONFIG):
+    """`snakemake` on the repository's Snakefile, in `workdir`, no profile."""
+    cmd = [
+        sys.executable, "-m", "snakemake",
+        "--snakefile", str(SNAKEFILE),
+        "--directory", str(workdir),
+        "--configfile", str(configfile),
+        "--workflow-profile", "none",
+        *args,
+    ]  # fmt: skip
+    # A user's global profile must not change what the tests see.
+    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
+def dry_run(workdir, *args, **kwargs):
+    result = run_snakemake(workdir, "--dry-run", "--cores", "2", *args, **kwargs)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output
+    return job_counts(output)
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """Rows of the first "Job stats:" table that Snakemake prints: {rule: count}."""
+    lines = output.splitlines()
+    try:
+        start = next(i for i, line in enumerate(lines) if line.strip() == "Job stats:")
+    except StopIteration:
+        raise AssertionError(
+            f"no 'Job stats:' table in the output:\n{output}"
+        ) from None
+    counts = {}
+    for line in lines[start + 1 :]:
+        row = re.fullmatch(r"\s*([A-Za-z_]\w*)\s+(\d+)\s*", line)
+        if row is None:
+            if counts:  # the table ended without a total row
+                break
+            continue  # the header and the dashed rule under it
+        if row[1] == "total":
+            assert sum(counts.values()) == int(row[2]), output
+            return counts
+        counts[row[1]] = int(row[2])
+    raise AssertionError(f"no 'total' row in the job stats:\n{output}")
+
+
+def test_demo_dry_run_builds_the_whole_experiment(tmp_path):
+    counts = dry_run(tmp_path)
+    # 10 phantom cases; 5 folds x setting "1"; methods ssl_alpnet + panet, baselines
+    # untrained (trained for 0 steps) + mask_transfer (evaluated only).
+    assert counts == {
+        "generate_phantom": 1,
+        "canonical": 1,
+        "preprocess": 10,
+        "classmap": 1,
+        "superpixels": 10,
+        "splits": 1,
+        "train": 5 * 3,
+        "evaluate": 5 * 4,
+        "report": 1,
+        "all": 1,
+    }
+    # A dry-run runs no onstart handler: nothing, MLflow store included, is written.
+    assert not (tmp_path / "results").exists()
+
+
+def test_config_overrides_shrink_the_dag(tmp_path):
+    counts = dry_run(
+        tmp_path,
+        "--config",
+        "folds=[0]",
+        "methods=[panet]",
+        "settings=[1, 2all]",
+        "baselines=[mask_transfer]",
+    )
+    # 1 fold x 2 settings. Only panet trains (no `untrained` baseline); panet and
+    # mask_transfer are evaluated. All cases still feed every fold.
+    assert counts["train"] == 1 * 2 * 1
+    assert counts["evaluate"] == 1 * 2 * 2
+    assert counts["preprocess"] == 10
+    assert counts["report"] == 1
+
+
+def test_one_fold_can_be_rerun_by_asking_for_its_file(tmp_path):
+    counts = dry_run(tmp_path, "results/demo/panet/setting1/fold0/metrics.json")
+    assert counts["train"] == 1
+    assert counts["evaluate"] == 1
+    assert "report" not in counts and "all" not in counts
+
+
+def test_mask_transfer_has_no_training_job(tmp_path):
+    result = run_snakemake(
+        tmp_path, "--dry-run", "results/demo/mask_transfer/setting1/fold0/model.pt"
+    )
+    assert result.returncode != 0
+    assert "No rule to produce" in result.stderr + result.stdout
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ('settings=["3"]', "'3' is not one of ['1', '2', '2all'"),
+        ("folds=[5]", "folds [5] do not exist with n_folds=5"),
+    ],
+)
+def test_invalid_config_is_rejected_with_a_readable_message(
+    tmp_path, override, message
+):
+    result = run_snakemake(tmp_path, "--dry-run", "--config", override)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert message in output, output
+    assert "Traceback" not in output
+
+
+def test_lint_is_clean(tmp_path):
+    result = run_snakemake(tmp_path, "--lint")
+    output = result.stdout + result.stderr
+    # --lint exits 1 as soon as it reports anything.
+    assert result.returncode == 0, output
+    assert "Congratulations" in output
+
+
+# --- schema defaults, in-process (no Snakemake run needed) --------------------------
+
+
+def validated(cfg: dict) -> dict:
+    from snakemake.utils import validate
+
+    validate(cfg, str(SCHEMA))
+    return cfg
+
+
+def test_schema_fills_paper_defaults_into_a_minimal_config():
+    cfg = validated({"experiment": "paper", "dataset": {"name": "phantom"}})
+    assert cfg["seed"] == 1234
+    assert cfg["dataset"]["n_cases"] == 10
+    assert cfg["folds"] == [0, 1, 2, 3, 4]
+    assert cfg["model"] == {
+        "backbone": "deeplabv3_resnet101",
+        "feature_dim": 256,
+        "pretrained": None,
+    }
+    train = cfg["train"]
+    assert (train["steps"], train["lr"], train["momentum"]) == (100000, 0.001, 0.9)
+    assert (train["weight_decay"], train["lr_step"], train["lr_gamma"]) == (
+        0.0005,
+        1000,
+        0.95,
+    )
+    assert (train["bg_weight"], train["fg_weight"], train["align_weight"]) == (
+        0.05,
+        1.0,
+        1.0,
+    )
+    assert train["augment"]["zoom"] == [0.9, 1.2]  # nested two levels down
+    assert cfg["method_params"]["ssl_alpnet"]["threshold"] == 0.95
+    assert cfg["method_params"]["panet"]["scale"] == 20.0
+    assert cfg["evaluate"] == {"protocols": ["oracle"], "n_parts": 3}
+
+
+def test_demo_config_overrides_only_what_it_lists():
+    with open(DEMO_CONFIG) as f:
+        cfg = validated(yaml.safe_load(f))
+    assert cfg["model"]["backbone"] == "small_cnn"
+    assert cfg["preprocess"]["image_size"] == 128
+    assert (
+        cfg["train"]["checkpoint_every"] < cfg["train"]["steps"]
+    )  # resuming is exercised
+    # keys the demo does not list keep the paper values
+    assert cfg["train"]["lr"] == 0.001
+    assert cfg["preprocess"]["ct_window"] == [-125, 275]
+    assert cfg["method_params"]["ssl_alpnet"]["train_window"] == 4
+
+
+@pytest.mark.parametrize(
+    ("cfg", "message"),
+    [
+        ({"dataset": {"name": "phantom"}}, "'experiment' is a required property"),
+        (
+            {"experiment": "x", "dataset": {"name": "phantom"}, "train": {"stepz": 5}},
+            "'stepz' was unexpected",
+        ),
+        (
+            {"experiment": "x", "dataset": {"name": "phantom"}, "methods": ["unet"]},
+            "'unet' is not one of",
+        ),
+        (
+            {"experiment": "x", "dataset": {"name": "nowhere"}},
+            "'nowhere' is not one of",
+        ),
+    ],
+)
+def test_schema_rejects_bad_configs(cfg, message):
+    from snakemake.exceptions import WorkflowError
+
+    with pytest.raises(WorkflowError) as error:
+        validated(cfg)
+    assert message in str(error.value)
+
+
+# --- profiles and environments ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["default", "gpu", "slurm"])
+def test_profile_keys_are_snakemake_options(name):
+    from snakemake.cli import get_argument_parser
+
+    with open(REPO / "workflow" / "profiles" / name / "profile.yaml") as f:
+        profile = yaml.safe_load(f)
+    options = {
+        option.lstrip("-")
+        for action in get_argument_parser()._actions
+        for option in action.option_strings
+    }
+    assert set(profile) <= options
+
+
+def test_gpu_limits_only_where_asked():
+    profiles = REPO / "workflow" / "profiles"
+    default = yaml.safe_load((profiles / "default" / "profile.yaml").read_text())
+    gpu = yaml.safe_load((profiles / "gpu" / "profile.yaml").read_text())
+    slurm = yaml.safe_load((profiles / "slurm" / "profile.yaml").read_text())
+    assert "resources" not in default  # CPU demo: training jobs may run side by side
+    assert gpu["resources"] == {"gpu": 1}
+    assert slurm["executor"] == "slurm"
+    assert slurm["set-resources"]["train"]["gpu"] == 1
+    assert "gres" not in str(slurm.get("default-resources", {}))
+
+
+def test_conda_env_pins_match_requirements():
+    with open(REPO / "envs" / "fsmis.yaml") as f:
+        env = yaml.safe_load(f)
+    assert "python=3.11" in env["dependencies"]
+    pip = next(d["pip"] for d in env["dependencies"] if isinstance(d, dict))
+    requirements = [
+        line.strip()
+        for line in (REPO / "envs" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert sorted(pip) == sorted(requirements)

@@ -1,0 +1,214 @@
+# Helpers for the other .smk files: constants derived from the validated config,
+# wildcard constraints, and input/param/resource functions. No rules in this file:
+# `snakemake --lint` flags files that mix rules and functions; it matches the word
+# "rule" followed by a name and a colon anywhere, comments included.
+#
+# Nothing here imports fsmis at parse time: dry-runs and --lint must not need torch or
+# mlflow. The MLflow handlers in the Snakefile import it lazily via fsmis_tracking().
+
+import hashlib
+import importlib
+import json
+import re
+import sys
+from pathlib import Path
+
+from snakemake.exceptions import WorkflowError
+
+# `report` itself, at the start of a line, would be read as the report directive.
+from snakemake.io import report as report_item
+
+# --- dataset facts -----------------------------------------------------------------
+
+# Imaging modality of each dataset id; it selects the intensity handling of
+# preprocessing and superpixels. Grows with the dataset adapters (DESIGN.md section 4).
+DATASET_MODALITY = {"phantom": "CT"}
+
+# Methods with a network to train; `untrained` is the same network after 0 steps.
+# `mask_transfer` has no model and is only evaluated.
+TRAINABLE = ["ssl_alpnet", "panet", "dspnet", "iplsl", "untrained"]
+
+# Environment variables set by the onstart handler and read by the job scripts (and by
+# fsmis.tracking). Never passed through params/input: their value changes with every
+# invocation and would mark every job as outdated.
+PARENT_RUN_ENV = "FSMIS_MLFLOW_PARENT_RUN_ID"
+CONFIG_HASH_ENV = "FSMIS_CONFIG_HASH"
+
+# The library shipped with this workflow: <repo>/src (this file is
+# <repo>/workflow/rules/common.smk).
+SRC_DIR = (
+    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parents[1] / "src"
+)
+
+
+def check_config(cfg):
+    """Checks the schema cannot express. Also normalises `settings` to strings and
+    `folds` to integers (the schema accepts both spellings: YAML files give 1, while
+    `--config` gives "1")."""
+    cfg["settings"] = [str(s) for s in cfg["settings"]]
+    cfg["folds"] = [int(f) for f in cfg["folds"]]
+    for key in ("settings", "folds"):
+        if len(set(cfg[key])) != len(cfg[key]):
+            raise WorkflowError(f"config: {key} lists an entry twice: {cfg[key]}")
+    n_folds = cfg["n_folds"]
+    bad = [f for f in cfg["folds"] if f >= n_folds]
+    if bad:
+        raise WorkflowError(
+            f"config: folds {bad} do not exist with n_folds={n_folds} "
+            f"(folds are numbered 0..{n_folds - 1})"
+        )
+    n_cases = len(case_ids(cfg["dataset"]))
+    if n_cases < n_folds:
+        raise WorkflowError(
+            f"config: {n_cases} cases cannot be split into n_folds={n_folds} folds"
+        )
+    pretrained = cfg["model"]["pretrained"]
+    if pretrained is not None and not pretrained:
+        raise WorkflowError(
+            "config: model.pretrained is empty; use null for random init"
+        )
+
+
+def case_ids(dataset):
+    """Case ids of a dataset, known from the config alone (the DAG stays static)."""
+    if dataset["name"] == "phantom":
+        return [f"phantom_{i:03d}" for i in range(dataset["n_cases"])]
+    raise WorkflowError(f"dataset {dataset['name']!r}: case list not implemented")
+
+
+def config_hash(cfg):
+    """First 12 hex digits of the sha256 of the canonical JSON of the whole config."""
+    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+
+
+# --- constants of this invocation ---------------------------------------------------
+
+# The Snakefile validated `config` against the schema (defaults filled) before
+# including this file; these checks complete the validation before anything uses it.
+check_config(config)
+
+EXPERIMENT = config["experiment"]
+DATASET = config["dataset"]["name"]
+MODALITY = DATASET_MODALITY[DATASET]
+CASES = case_ids(config["dataset"])
+FOLDS = config["folds"]
+SETTINGS = config["settings"]
+METHODS = config["methods"]
+BASELINES = config["baselines"]
+PROTOCOLS = config["evaluate"]["protocols"]
+# Everything that gets a model.pt: the methods, plus `untrained` if asked for.
+TRAINED = METHODS + [b for b in BASELINES if b in TRAINABLE]
+EVALUATED = METHODS + BASELINES
+CONFIG_HASH = config_hash(config)
+
+
+# {ds} and {exp} only match the configured dataset and experiment: another value could
+# not be produced correctly from this config, so it is better reported as a missing rule.
+wildcard_constraints:
+    ds=re.escape(DATASET),
+    exp=re.escape(EXPERIMENT),
+    case="[A-Za-z0-9_]+",
+    method="[A-Za-z0-9_]+",
+    setting="1|2|2all",
+    fold=r"\d+",
+
+
+# --- input functions ---------------------------------------------------------------
+
+
+def raw_images(wildcards):
+    """Raw files the canonical step reads, per dataset (only the phantom so far)."""
+    if wildcards.ds == "phantom":
+        return rules.generate_phantom.output.images
+    raise WorkflowError(f"dataset {wildcards.ds!r}: no fetch rule")
+
+
+def raw_labels(wildcards):
+    if wildcards.ds == "phantom":
+        return rules.generate_phantom.output.labels
+    raise WorkflowError(f"dataset {wildcards.ds!r}: no fetch rule")
+
+
+def pretrained_weights(wildcards):
+    """The backbone weight file, when the config names one (an input, so a missing or
+    replaced file is noticed by Snakemake)."""
+    path = config["model"]["pretrained"]
+    return [] if path is None else [path]
+
+
+def model_for_evaluation(wildcards):
+    """model.pt of the same method/setting/fold; mask_transfer has no model."""
+    if wildcards.method not in TRAINABLE:
+        return []
+    return expand(rules.train.output.model, **wildcards)
+
+
+def method_params(wildcards):
+    """Hyperparameters of the method in the wildcard ({} if it has none)."""
+    return config["method_params"].get(wildcards.method, {})
+
+
+def train_mem_mb(wildcards, attempt):
+    """Memory estimate for one training job: the paper backbones need far more than the
+    demo one. Grows on retries (--retries)."""
+    base = 4000 if config["model"]["backbone"] == "small_cnn" else 16000
+    return base * attempt
+
+
+def evaluate_gpu(wildcards):
+    """mask_transfer runs no network, so it needs no GPU token."""
+    return 1 if wildcards.method in TRAINABLE else 0
+
+
+# --- outputs collected over the experiment -----------------------------------------
+
+
+def fold_outputs(pattern, methods):
+    """`pattern` for every method x setting x fold this config runs; {exp} stays a
+    wildcard (filled from the job that asks)."""
+    return expand(
+        pattern, method=methods, setting=SETTINGS, fold=FOLDS, allow_missing=True
+    )
+
+
+def report_items(pattern, caption, category):
+    """One report() item per setting and protocol, labelled so that the HTML report can
+    switch between them; {exp} stays a wildcard of the report rule."""
+    items = []
+    for setting in SETTINGS:
+        for protocol in PROTOCOLS:
+            path = pattern.format(exp="{exp}", setting=setting, protocol=protocol)
+            labels = {"setting": setting, "protocol": protocol}
+            items.append(
+                report_item(path, caption=caption, category=category, labels=labels)
+            )
+    return items
+
+
+# --- MLflow (used by the onstart/onsuccess/onerror handlers only) -------------------
+
+
+def fsmis_tracking():
+    """Import fsmis.tracking lazily; fall back to the src/ tree beside this workflow when
+    the package is not installed in the Python that runs Snakemake."""
+    try:
+        return importlib.import_module("fsmis.tracking")
+    except ImportError:
+        if (SRC_DIR / "fsmis").is_dir() and str(SRC_DIR) not in sys.path:
+            sys.path.insert(0, str(SRC_DIR))
+            return importlib.import_module("fsmis.tracking")
+        raise
+
+
+def parent_run_tags():
+    return {
+        "config_hash": CONFIG_HASH,
+        "dataset": DATASET,
+        "experiment": EXPERIMENT,
+        "snakemake_command": " ".join(sys.argv),
+    }
+
+
+def first_or_none(paths):
+    return str(paths[0]) if paths else None

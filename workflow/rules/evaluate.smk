@@ -1,0 +1,33 @@
+# Evaluation of one method/baseline x setting x fold under the configured protocols.
+
+
+rule evaluate:
+    input:
+        model=model_for_evaluation,
+        images=expand(rules.preprocess.output.image, ds=DATASET, case=CASES),
+        labels=expand(rules.preprocess.output.label, ds=DATASET, case=CASES),
+        classmap=expand(rules.classmap.output.classmap, ds=DATASET),
+        splits=rules.splits.output.splits,
+    output:
+        per_case="results/{exp}/{method}/setting{setting}/fold{fold}/per_case.tsv",
+        metrics="results/{exp}/{method}/setting{setting}/fold{fold}/metrics.json",
+        predictions=directory(
+            "results/{exp}/{method}/setting{setting}/fold{fold}/predictions"
+        ),
+    log:
+        "logs/evaluate/{exp}/{method}/setting{setting}/fold{fold}.log",
+    benchmark:
+        "benchmarks/evaluate/{exp}/{method}/setting{setting}/fold{fold}.tsv"
+    wildcard_constraints:
+        method="|".join(TRAINABLE + ["mask_transfer"]),
+    conda:
+        "../../envs/fsmis.yaml"
+    threads: 2
+    resources:
+        gpu=evaluate_gpu,
+    params:
+        seed=lookup(dpath="seed", within=config),
+        evaluate=lookup(dpath="evaluate", within=config),
+        method_params=method_params,
+    script:
+        "../scripts/evaluate.py"

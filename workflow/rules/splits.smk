@@ -1,0 +1,16 @@
+# Cross-validation folds of the experiment (test cases, support case, training cases).
+
+
+rule splits:
+    input:
+        cases=expand(rules.canonical.output.cases, ds=DATASET),
+    output:
+        splits="results/{exp}/splits.json",
+    log:
+        "logs/splits/{exp}.log",
+    conda:
+        "../../envs/fsmis.yaml"
+    params:
+        n_folds=lookup(dpath="n_folds", within=config),
+    script:
+        "../scripts/splits.py"

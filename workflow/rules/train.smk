@@ -1,0 +1,40 @@
+# Training, one job per method x setting x fold. The `untrained` baseline runs the same
+# rule with 0 steps. The library writes resumable `checkpoint.pt` files beside model.pt;
+# they are deliberately not declared, so Snakemake never deletes them when it removes the
+# outputs of a failed or incomplete job, and a rerun resumes from the last checkpoint.
+
+
+rule train:
+    input:
+        images=expand(rules.preprocess.output.image, ds=DATASET, case=CASES),
+        labels=expand(rules.preprocess.output.label, ds=DATASET, case=CASES),
+        superpixels=expand(rules.superpixels.output.superpixels, ds=DATASET, case=CASES),
+        classmap=expand(rules.classmap.output.classmap, ds=DATASET),
+        splits=rules.splits.output.splits,
+        pretrained=pretrained_weights,
+    output:
+        model="results/{exp}/{method}/setting{setting}/fold{fold}/model.pt",
+        train_log="results/{exp}/{method}/setting{setting}/fold{fold}/train_log.tsv",
+    log:
+        "logs/train/{exp}/{method}/setting{setting}/fold{fold}.log",
+    benchmark:
+        "benchmarks/train/{exp}/{method}/setting{setting}/fold{fold}.tsv"
+    wildcard_constraints:
+        method="|".join(TRAINABLE),
+    conda:
+        "../../envs/fsmis.yaml"
+    threads: 2
+    resources:
+        # A scheduling token: local runs honour it only with a global limit
+        # (workflow/profiles/gpu); the SLURM profile turns it into --gpus.
+        gpu=1,
+        mem_mb=train_mem_mb,
+    params:
+        # What training depends on; a change reruns the job. Preprocessing and
+        # superpixel settings act through the input files.
+        seed=lookup(dpath="seed", within=config),
+        model=lookup(dpath="model", within=config),
+        train=lookup(dpath="train", within=config),
+        method_params=method_params,
+    script:
+        "../scripts/train.py"

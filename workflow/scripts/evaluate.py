@@ -1,0 +1,24 @@
+"""Job script of rule evaluate: see fsmis.pipeline.evaluate."""
+
+from fsmis_job import one, one_or_none, parent, start
+
+tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
+
+from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+
+pipeline.evaluate(
+    method=snakemake.wildcards.method,
+    setting=snakemake.wildcards.setting,
+    fold=int(snakemake.wildcards.fold),
+    config=dict(snakemake.config),
+    splits_json=one(snakemake.input.splits),
+    # results/data/{ds}: the folder of classmap.json and preprocessed/
+    data_dir=parent(snakemake.input.classmap),
+    classmap_json=one(snakemake.input.classmap),
+    model_in=one_or_none(snakemake.input.model),  # None for mask_transfer
+    pred_dir=one(snakemake.output.predictions),
+    per_case_out=one(snakemake.output.per_case),
+    metrics_out=one(snakemake.output.metrics),
+    threads=snakemake.threads,
+    tracking=tracking,
+)

@@ -1,0 +1,14 @@
+"""Job script of rule generate_phantom: see fsmis.pipeline.generate_phantom."""
+
+from fsmis_job import parent, start, strs
+
+tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
+
+from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+
+pipeline.generate_phantom(
+    dataset=dict(snakemake.params.dataset),
+    out_dir=parent(snakemake.output.images[0]),
+    cases=strs(snakemake.params.cases),
+    tracking=tracking,
+)

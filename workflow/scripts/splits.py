@@ -1,0 +1,14 @@
+"""Job script of rule splits: see fsmis.pipeline.splits."""
+
+from fsmis_job import one, start
+
+tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
+
+from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+
+pipeline.splits(
+    cases_tsv=one(snakemake.input.cases),
+    n_folds=int(snakemake.params.n_folds),
+    out=one(snakemake.output.splits),
+    tracking=tracking,
+)

@@ -1,0 +1,22 @@
+"""Job script of rule train: see fsmis.pipeline.train."""
+
+from fsmis_job import one, parent, start
+
+tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
+
+from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+
+pipeline.train(
+    method=snakemake.wildcards.method,
+    setting=snakemake.wildcards.setting,
+    fold=int(snakemake.wildcards.fold),
+    config=dict(snakemake.config),
+    splits_json=one(snakemake.input.splits),
+    # results/data/{ds}: the folder of classmap.json, preprocessed/ and superpixels/
+    data_dir=parent(snakemake.input.classmap),
+    classmap_json=one(snakemake.input.classmap),
+    model_out=one(snakemake.output.model),
+    log_out=one(snakemake.output.train_log),
+    threads=snakemake.threads,
+    tracking=tracking,
+)
