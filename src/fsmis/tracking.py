@@ -33,6 +33,7 @@ import json
 import logging
 import os
 import random
+import sqlite3
 import subprocess
 import time
 from pathlib import Path
@@ -111,7 +112,8 @@ def _resolve(uri: str | None) -> tuple[str, Path | None]:
     if scheme not in _SCHEMES:
         hint = " (MLflow's file store is in maintenance mode and refuses to log)" if scheme in ("file", "") else ""
         raise ValueError(
-            f"tracking URI {uri!r}: unsupported scheme{hint}; use sqlite:///path/to/mlflow.db or an http(s) MLflow server"
+            f"tracking URI {uri!r}: unsupported scheme{hint}; "
+            "use sqlite:///path/to/mlflow.db or an http(s) MLflow server"
         )
     db = sqlite_path(uri)
     if db is None:
@@ -219,19 +221,50 @@ def _file_lock(db: Path | None) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _client(uri: str, db: Path | None):
-    """An ``MlflowClient`` whose store is open; a SQLite store is created/migrated under the lock."""
+def _schema_ready(db: Path) -> bool:
+    """True when the SQLite file already holds every table MLflow expects.
+
+    This is MLflow's own test before it migrates (``_all_tables_exist``), read with plain
+    sqlite3. When it holds, opening the store only reads, so no lock is needed; when
+    anything is unsure (no file, a busy file, a newer MLflow) the answer is False and the
+    caller takes the lock.
+    """
+    if not db.is_file():
+        return False
+    try:
+        from mlflow.store.db.base_sql_model import Base
+
+        expected = set(Base.metadata.tables)
+        with contextlib.closing(sqlite3.connect(f"{db.as_uri()}?mode=ro", uri=True, timeout=5)) as con:
+            names = {row[0] for row in con.execute("select name from sqlite_master where type = 'table'")}
+    except Exception:
+        return False
+    return bool(expected) and expected <= names
+
+
+def _open(uri: str):
     from mlflow import MlflowClient
 
-    if uri in _OPENED:
-        return MlflowClient(tracking_uri=uri)  # the store object is cached by MLflow per process
-    if db is not None:
-        # importing the SQL store takes ~2 s of CPU: do it before queueing for the lock
-        import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-    with _file_lock(db):
-        # constructing the client opens the store: for a new SQLite file this runs the migrations
-        client = _retry(MlflowClient, tracking_uri=uri)
-        _retry(client.search_experiments, max_results=1)
+    client = _retry(MlflowClient, tracking_uri=uri)  # constructing the client opens the store
+    _retry(client.search_experiments, max_results=1)
+    return client
+
+
+def _client(uri: str, db: Path | None):
+    """An ``MlflowClient`` whose store is open; a new SQLite store is created/migrated under the lock."""
+    from mlflow import MlflowClient
+
+    if uri in _OPENED or db is None:
+        return MlflowClient(tracking_uri=uri)  # MLflow caches the store object per process
+    # importing the SQL store (~2 s of CPU) also registers the tables _schema_ready expects
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+
+    client = None
+    if not _schema_ready(db):
+        with _file_lock(db):
+            if not _schema_ready(db):
+                client = _open(uri)  # migrates a new file while other processes wait
+    client = client or _open(uri)
     _OPENED.add(uri)
     return client
 
@@ -241,15 +274,19 @@ def _experiment_id(client, uri: str, db: Path | None, experiment: str) -> str:
     key = (uri, experiment)
     if key in _EXPERIMENTS:
         return _EXPERIMENTS[key]
-    with _file_lock(db):
-        found = _retry(client.get_experiment_by_name, experiment)
-        if found is None:
-            location = artifact_location(db) if db is not None else None
-            exp_id = _retry(client.create_experiment, experiment, artifact_location=location)
-        else:
-            exp_id = found.experiment_id
-            if found.lifecycle_stage == "deleted":
-                _retry(client.restore_experiment, exp_id)
+    found = _retry(client.get_experiment_by_name, experiment)
+    if found is None or found.lifecycle_stage == "deleted":
+        with _file_lock(db):
+            found = _retry(client.get_experiment_by_name, experiment)
+            if found is None:
+                location = artifact_location(db) if db is not None else None
+                exp_id = _retry(client.create_experiment, experiment, artifact_location=location)
+            else:
+                if found.lifecycle_stage == "deleted":
+                    _retry(client.restore_experiment, found.experiment_id)
+                exp_id = found.experiment_id
+    else:
+        exp_id = found.experiment_id
     _EXPERIMENTS[key] = exp_id
     return exp_id
 
@@ -366,7 +403,9 @@ class JobRun:
             self._failures += 1
             _tolerate(f"{what} (run {self.run_id})", err, self._strict)
             if not self.active:
-                log.warning("MLflow tracking: %d calls in a row failed; run %s logs nothing more", self._failures, self.run_id)
+                log.warning(
+                    "MLflow tracking: %d calls in a row failed; run %s logs nothing more", self._failures, self.run_id
+                )
         else:
             self._failures = 0
 
@@ -445,10 +484,12 @@ def job_run(
 ) -> Iterator[JobRun]:
     """Child run of the invocation's parent run (``FSMIS_MLFLOW_PARENT_RUN_ID``) for one job.
 
-    ``tags`` may hold ``rule`` (default: ``stage``), ``wildcards`` (a mapping: it names the
-    run ``stage:k=v,...``, is stored as JSON in tag ``wildcards`` and each key as its own
-    tag) and ``config_hash`` (default: :func:`config_hash` of ``params``); any other
-    tags are stored as given. ``params`` (the resolved config of the job) are flattened.
+    ``tags`` may hold ``rule`` (default: ``stage``), ``wildcards`` (a mapping, or its JSON
+    text: it names the run ``stage:k=v,...``, is stored as JSON in tag ``wildcards`` and
+    each key as its own tag, so ``tags.fold = '0'`` filters) and ``config_hash`` (default:
+    :func:`config_hash` of ``params``); any other tags are stored as given. Tag
+    ``git_commit`` (and MLflow's ``mlflow.source.git.commit``) is added. ``params`` (the
+    resolved config of the job) are flattened with :func:`flatten`.
     The run ends FINISHED, or FAILED (KILLED for KeyboardInterrupt and the like) when the
     body raises; the exception is re-raised.
     """
@@ -460,7 +501,10 @@ def job_run(
     uri, db = _resolve(uri)
     params = dict(params or {})
     given = dict(tags or {})
-    wildcards = dict(given.pop("wildcards", None) or {})
+    wildcards = given.pop("wildcards", None) or {}
+    if isinstance(wildcards, str):  # already JSON text
+        wildcards = json.loads(wildcards)
+    wildcards = dict(wildcards)
     run_tags: dict[str, Any] = {str(k): v for k, v in wildcards.items()}
     run_tags.update(
         {

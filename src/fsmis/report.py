@@ -1,0 +1,471 @@
+"""Tables and figures of one experiment, rebuilt from its stored ``metrics.json`` files.
+
+Nothing here trains or evaluates: the report reads each fold's ``metrics.json``
+(docs/contracts.md, "Evaluation outputs"; Dice as fractions) and lays the numbers out
+like the papers' tables, rows = methods, columns = organs and their mean, in percent,
+as mean ± standard deviation over folds.
+
+Averaging: a class's cell is the mean over folds of the fold's value (each fold's value
+is already the mean over that fold's test scans). The ``mean`` column first averages the
+classes within each fold (classes without a value in that fold are skipped, as in
+``fsmis.evaluate.summarize``), then takes mean and std over folds. The spread is the
+sample standard deviation over folds (ddof=1); with one fold it is NaN and the
+formatted cell shows the mean alone.
+
+Figures are drawn on ``matplotlib.figure.Figure`` objects directly (Agg canvas, no
+pyplot state), so the module works headless and never changes a caller's backend. Every
+file is written atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+from pathlib import Path
+from typing import Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from fsmis.errors import InputError
+from fsmis.io import atomic_path, read_json
+
+LONG_COLUMNS = ["method", "setting", "protocol", "fold", "dataset", "class", "dice", "n_cases", "source"]
+PROTOCOL_ORDER = ["oracle", "full"]
+MEAN = "mean"
+DPI = 150
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def _check_fraction(path, where: str, value) -> float:
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise InputError(path, f"{where} must be a number, got {value!r}")
+    value = float(value)
+    if not math.isnan(value) and not 0.0 <= value <= 1.0:
+        raise InputError(path, f"{where} = {value} is not a Dice fraction in 0..1 (percent written by mistake?)")
+    return value
+
+
+def _rows_of(path: Path) -> list[dict]:
+    data = read_json(path)  # InputError for a missing file or invalid JSON
+    if not isinstance(data, dict):
+        raise InputError(path, f"expected a JSON object (metrics.json), got {type(data).__name__}")
+    missing = [k for k in ("method", "setting", "fold", "protocols") if k not in data]
+    if missing:
+        raise InputError(path, f"missing key(s) {', '.join(missing)} (see docs/contracts.md, metrics.json)")
+    try:
+        fold = int(data["fold"])
+        if isinstance(data["fold"], bool) or fold != float(data["fold"]):
+            raise ValueError
+    except (TypeError, ValueError):
+        raise InputError(path, f"fold must be an integer, got {data['fold']!r}") from None
+    protocols = data["protocols"]
+    if not isinstance(protocols, dict) or not protocols:
+        raise InputError(path, "protocols must be a non-empty object {protocol: {dice: {...}}}")
+    rows = []
+    for protocol, result in protocols.items():
+        dice = result.get("dice") if isinstance(result, dict) else None
+        if not isinstance(dice, dict) or not dice:
+            raise InputError(path, f"protocols.{protocol}.dice must map class names to Dice values")
+        n_cases = result.get("n_cases")
+        for name, value in dice.items():
+            rows.append(
+                {
+                    "method": str(data["method"]),
+                    "setting": str(data["setting"]),
+                    "protocol": str(protocol),
+                    "fold": fold,
+                    "dataset": str(data.get("dataset", "")),
+                    "class": str(name),
+                    "dice": _check_fraction(path, f"protocols.{protocol}.dice.{name}", value),
+                    "n_cases": n_cases,
+                    "source": str(path),
+                }
+            )
+    return rows
+
+
+def collect(metrics_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
+    """Long table (one row per file, protocol and class) of every ``metrics.json``.
+
+    Columns: method, setting, protocol, fold, dataset, class, dice (fraction), n_cases,
+    source. A malformed file, or two files for the same method/setting/fold, raises
+    ``InputError`` naming the file.
+    """
+    rows: list[dict] = []
+    owner: dict[tuple, str] = {}
+    for raw in metrics_paths:
+        path = Path(raw)
+        file_rows = _rows_of(path)
+        first = file_rows[0]
+        key = (first["method"], first["setting"], first["fold"])
+        if key in owner:
+            raise InputError(
+                path, f"method {key[0]}, setting {key[1]}, fold {key[2]} is already given by {owner[key]}"
+            )
+        owner[key] = str(path)
+        rows.extend(file_rows)
+    if not rows:
+        raise ValueError("no metrics.json files given")
+    return pd.DataFrame(rows, columns=LONG_COLUMNS)
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def ordered_methods(present: Iterable[str], method_order: Sequence[str] | None) -> list[str]:
+    """Methods of ``method_order`` that have results, in that order, then any others (sorted)."""
+    present = list(dict.fromkeys(present))
+    order = [m for m in (method_order or []) if m in present]
+    return order + sorted(m for m in present if m not in order)
+
+
+def _single_slice(long_df: pd.DataFrame) -> None:
+    pairs = long_df[["setting", "protocol"]].drop_duplicates()
+    if len(pairs) > 1:
+        listed = ", ".join(f"{s}/{p}" for s, p in pairs.itertuples(index=False))
+        raise ValueError(f"the table mixes settings/protocols ({listed}); select one setting and protocol first")
+
+
+def fold_values(long_df: pd.DataFrame, class_order: Sequence[str]) -> pd.DataFrame:
+    """Per (method, fold): Dice of each class in ``class_order`` and their ``mean``, fractions."""
+    keyed = long_df.set_index(["method", "fold", "class"])["dice"]
+    if keyed.index.has_duplicates:
+        raise ValueError("several Dice values for one method, fold and class; select one setting and protocol")
+    wide = keyed.unstack("class").reindex(columns=list(class_order)).astype(float)
+    wide[MEAN] = wide[list(class_order)].mean(axis=1, skipna=True)
+    wide.columns.name = None
+    return wide
+
+
+def dice_table(
+    long_df: pd.DataFrame, class_order: Sequence[str], method_order: Sequence[str] | None = None
+) -> pd.DataFrame:
+    """Paper-style Dice table of one setting and protocol, in percent.
+
+    Index: method (``method_order`` first, e.g. methods then baselines, then any method
+    not listed). Columns: a MultiIndex ``(organ, stat)`` with organ in ``class_order``
+    then ``mean`` and stat ``mean``/``std`` over folds, plus ``("n_folds", "")``.
+    Use :func:`formatted` for the "78.4 ± 2.1" view.
+    """
+    if long_df.empty:
+        raise ValueError("no Dice values to tabulate")
+    _single_slice(long_df)
+    class_order = list(class_order) or list(dict.fromkeys(long_df["class"]))
+    per_fold = fold_values(long_df, class_order) * 100.0
+    grouped = per_fold.groupby(level="method", sort=False)
+    columns = class_order + [MEAN]
+    mean, std = grouped[columns].mean(), grouped[columns].std(ddof=1)
+    table = pd.concat({"mean": mean, "std": std}, axis=1).swaplevel(axis=1)
+    table = table.reindex(columns=pd.MultiIndex.from_product([columns, ["mean", "std"]]))
+    table[("n_folds", "")] = grouped.size()
+    table = table.reindex(ordered_methods(table.index, method_order))
+    table.index.name = "method"
+    return table
+
+
+def _cell(mean: float, std: float, decimals: int) -> str:
+    if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+        return "–"
+    if std is None or (isinstance(std, float) and math.isnan(std)):
+        return f"{mean:.{decimals}f}"
+    return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
+
+
+def formatted(table: pd.DataFrame, decimals: int = 1) -> pd.DataFrame:
+    """Text view of :func:`dice_table`: one column per organ and ``mean``, cells "78.4 ± 2.1"."""
+    organs = [c for c in dict.fromkeys(table.columns.get_level_values(0)) if c != "n_folds"]
+    view = pd.DataFrame(index=table.index)
+    for organ in organs:
+        view[organ] = [_cell(m, s, decimals) for m, s in zip(table[(organ, "mean")], table[(organ, "std")])]
+    return view
+
+
+def flat_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Numeric table with one-level columns ``liver_mean, liver_std, ..., mean_mean, mean_std, n_folds``."""
+    flat = table.copy()
+    flat.columns = [f"{a}_{b}" if b else a for a, b in table.columns]
+    return flat
+
+
+def markdown(view: pd.DataFrame, caption: str | None = None) -> str:
+    """A pipe table of a text frame (index as the first column), numbers right-aligned."""
+
+    def esc(text) -> str:
+        return str(text).replace("|", "\\|").replace("\n", " ")
+
+    header = [view.index.name or ""] + [str(c) for c in view.columns]
+    lines = [
+        "| " + " | ".join(esc(h) for h in header) + " |",
+        "|" + "|".join([" --- "] + [" ---: "] * len(view.columns)) + "|",
+    ]
+    for name, row in view.iterrows():
+        lines.append("| " + " | ".join([esc(name)] + [esc(v) for v in row]) + " |")
+    text = "\n".join(lines) + "\n"
+    return f"{caption}\n\n{text}" if caption else text
+
+
+def write_tables(table: pd.DataFrame, out_dir: str | os.PathLike, stem: str, caption: str | None = None) -> list[str]:
+    """``<stem>.csv`` (numeric, percent, flat columns) and ``<stem>.md`` (formatted), atomically."""
+    out_dir = Path(out_dir)
+    csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
+    with atomic_path(csv_path) as tmp:
+        flat_columns(table).to_csv(tmp, float_format="%.4f")
+    if caption is None:
+        folds = sorted(set(int(n) for n in table[("n_folds", "")].dropna()))
+        caption = f"Dice (%), mean ± standard deviation over folds (folds per method: {', '.join(map(str, folds))})."
+    with atomic_path(md_path) as tmp:
+        tmp.write_text(markdown(formatted(table), caption))
+    return [str(csv_path), str(md_path)]
+
+
+# --------------------------------------------------------------------------- figures
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height), layout="constrained")
+
+
+def _figure_paths(path: str | os.PathLike) -> tuple[Path, Path]:
+    path = Path(path)
+    base = path.with_suffix("") if path.suffix.lower() in (".png", ".pdf") else path
+    return base.with_name(base.name + ".png"), base.with_name(base.name + ".pdf")
+
+
+def _save(fig, path: str | os.PathLike) -> list[str]:
+    png, pdf = _figure_paths(path)
+    with atomic_path(png) as tmp:
+        fig.savefig(tmp, format="png", dpi=DPI)
+    with atomic_path(pdf) as tmp:
+        fig.savefig(tmp, format="pdf")
+    return [str(png), str(pdf)]
+
+
+def _colours(n: int) -> list:
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if n <= 10 else "tab20"]
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
+def bar_figure(
+    long_df: pd.DataFrame,
+    class_order: Sequence[str],
+    method_order: Sequence[str] | None,
+    path: str | os.PathLike,
+    title: str | None = None,
+) -> list[str]:
+    """Grouped bars per organ and the mean: one bar per method = mean over folds (percent),
+    the folds' own values as black points jittered on the bar. Writes PNG (150 dpi) and PDF."""
+    _single_slice(long_df)
+    class_order = list(class_order) or list(dict.fromkeys(long_df["class"]))
+    per_fold = fold_values(long_df, class_order) * 100.0
+    methods = ordered_methods(per_fold.index.get_level_values("method"), method_order)
+    groups = class_order + [MEAN]
+    n = len(methods)
+    width = 0.8 / max(n, 1)
+    rng = np.random.default_rng(0)  # the same jitter on every rebuild
+    fig = _figure(max(5.0, 1.1 * len(groups) * max(1, n) ** 0.5 + 2.0), 4.0)
+    ax = fig.add_subplot()
+    x = np.arange(len(groups))
+    for i, (method, colour) in enumerate(zip(methods, _colours(n))):
+        values = per_fold.loc[method, groups]
+        offset = x - 0.4 + width * (i + 0.5)
+        ax.bar(offset, values.mean(axis=0, skipna=True).to_numpy(), width * 0.9, color=colour, label=method,
+               edgecolor="none")
+        for j, group in enumerate(groups):
+            points = values[group].dropna().to_numpy()
+            jitter = rng.uniform(-0.25, 0.25, size=len(points)) * width
+            ax.scatter(offset[j] + jitter, points, s=9, color="black", zorder=3, linewidths=0)
+    ax.set_xticks(x, [g.replace("_", " ") for g in groups])
+    ax.set_ylabel("Dice (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    if title:
+        ax.set_title(title)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="small")
+    return _save(fig, path)
+
+
+def slice_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
+    """2D Dice of two boolean masks; NaN when both are empty."""
+    prediction, reference = np.asarray(prediction, bool), np.asarray(reference, bool)
+    total = prediction.sum() + reference.sum()
+    return float(2.0 * np.logical_and(prediction, reference).sum() / total) if total else math.nan
+
+
+def _show(ax, image) -> None:
+    image = np.asarray(image, dtype=float)
+    finite = image[np.isfinite(image)]
+    lo, hi = (np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0))
+    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def _fill(ax, mask, colour, alpha=0.45) -> None:
+    mask = np.asarray(mask, bool)
+    if mask.any():
+        rgba = np.zeros(mask.shape + (4,))
+        rgba[mask] = (*colour[:3], alpha)
+        ax.imshow(rgba, interpolation="nearest")
+
+
+def _outline(ax, mask, colour) -> None:
+    mask = np.asarray(mask, bool)
+    if mask.any() and not mask.all():
+        ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.0)
+
+
+def qualitative_figure(
+    panels: Sequence[Mapping], path: str | os.PathLike, method_order: Sequence[str] | None = None
+) -> list[str]:
+    """One row per organ: support slice with its mask outline, query slice, ground truth
+    overlay, then one prediction overlay per method (ground truth outlined), titled with
+    the method and that slice's Dice. ``panels``: dicts with ``class``, ``image``,
+    ``ground_truth``, ``predictions`` ({method: mask}), ``support_image``, ``support_mask``."""
+    if not panels:
+        raise ValueError("no qualitative panels given")
+    for k, panel in enumerate(panels):
+        missing = [key for key in ("class", "image", "ground_truth", "predictions") if key not in panel]
+        if missing:
+            raise ValueError(f"qualitative panel {k} lacks {', '.join(missing)}")
+        shape = np.shape(panel["image"])
+        for name, mask in [("ground_truth", panel["ground_truth"]), *panel["predictions"].items()]:
+            if np.shape(mask) != shape:
+                raise ValueError(
+                    f"qualitative panel {panel['class']}: {name} has shape {np.shape(mask)}, image {shape}"
+                )
+    methods = ordered_methods([m for p in panels for m in p["predictions"]], method_order)
+    n_cols = 3 + len(methods)
+    size = 2.0
+    fig = _figure(size * n_cols, size * len(panels) + 0.4)
+    axes = fig.subplots(len(panels), n_cols, squeeze=False)
+    truth_colour, pred_colour, support_colour = (0.1, 0.8, 0.2), (1.0, 0.3, 0.1), (0.2, 0.6, 1.0)
+    for row, panel in zip(axes, panels):
+        name = str(panel["class"]).replace("_", " ")
+        ax = row[0]
+        if panel.get("support_image") is not None:
+            _show(ax, panel["support_image"])
+            if panel.get("support_mask") is not None:
+                _outline(ax, panel["support_mask"], support_colour)
+        else:
+            ax.axis("off")
+        ax.set_title(f"support: {name}", fontsize="small")
+        _show(row[1], panel["image"])
+        row[1].set_title("query", fontsize="small")
+        _show(row[2], panel["image"])
+        _fill(row[2], panel["ground_truth"], truth_colour)
+        row[2].set_title("ground truth", fontsize="small")
+        for ax, method in zip(row[3:], methods):
+            prediction = panel["predictions"].get(method)
+            if prediction is None:
+                ax.axis("off")
+                ax.set_title(f"{method}\n(no prediction)", fontsize="small")
+                continue
+            _show(ax, panel["image"])
+            _fill(ax, prediction, pred_colour)
+            _outline(ax, panel["ground_truth"], truth_colour)
+            dice = slice_dice(prediction, panel["ground_truth"])
+            shown = "–" if math.isnan(dice) else f"{100 * dice:.1f}"
+            ax.set_title(f"{method}\nDice {shown}", fontsize="small")
+    return _save(fig, path)
+
+
+def _smooth(values: np.ndarray, weight: float) -> np.ndarray:
+    """Exponential moving average with bias correction (as TensorBoard's slider)."""
+    out = np.empty(len(values))
+    last, norm = 0.0, 0.0
+    for i, value in enumerate(values):
+        last = weight * last + (1 - weight) * value
+        norm = weight * norm + (1 - weight)
+        out[i] = last / norm
+    return out
+
+
+def curve_figure(
+    logs: Mapping[str, pd.DataFrame],
+    path: str | os.PathLike,
+    smoothing: float = 0.0,
+    column: str = "loss",
+    log_scale: bool = False,
+) -> list[str]:
+    """Training curves: ``column`` against ``step`` for each labelled log. With
+    ``smoothing`` in (0, 1) the raw curve is drawn faint under its moving average."""
+    if not logs:
+        raise ValueError("no training logs given")
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    fig = _figure(7.0, 4.0)
+    ax = fig.add_subplot()
+    for (label, frame), colour in zip(logs.items(), _colours(len(logs))):
+        missing = [c for c in ("step", column) if c not in frame.columns]
+        if missing:
+            raise ValueError(f"training log {label!r} lacks column(s) {', '.join(missing)}")
+        data = frame[["step", column]].dropna().sort_values("step")
+        steps, values = data["step"].to_numpy(), data[column].to_numpy(dtype=float)
+        if smoothing > 0 and len(values) > 1:
+            ax.plot(steps, values, color=colour, alpha=0.25, linewidth=0.8)
+            values = _smooth(values, smoothing)
+        ax.plot(steps, values, color=colour, linewidth=1.4, label=str(label))
+    ax.set_xlabel("step")
+    ax.set_ylabel(column.replace("_", " "))
+    if log_scale:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), frameon=False, fontsize="x-small",
+              ncol=1 if len(logs) <= 20 else 2)
+    return _save(fig, path)
+
+
+# --------------------------------------------------------------------------- orchestration
+
+
+def _protocol_key(protocol: str) -> tuple:
+    return (PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER), protocol)
+
+
+def build_report(
+    metrics_paths: Iterable[str | os.PathLike],
+    out_dir: str | os.PathLike,
+    class_order: Sequence[str],
+    method_order: Sequence[str] | None = None,
+    qualitative_panels: Sequence[Mapping] | None = None,
+    train_logs: Mapping[str, pd.DataFrame] | None = None,
+    curve_smoothing: float = 0.0,
+) -> list[str]:
+    """Write every table and figure of an experiment into ``out_dir``; return the paths.
+
+    Per setting and protocol: ``dice_setting<setting>_<protocol>.csv/.md`` and
+    ``dice_bars_setting<setting>_<protocol>.png/.pdf``; always ``dice_per_fold.csv`` (the
+    long table, fractions); ``qualitative.png/.pdf`` if panels are given;
+    ``training_curves.png/.pdf`` if training logs are given.
+    """
+    out_dir = Path(out_dir)
+    long_df = collect(metrics_paths)
+    written: list[str] = []
+    per_fold = out_dir / "dice_per_fold.csv"
+    with atomic_path(per_fold) as tmp:
+        long_df.to_csv(tmp, index=False)
+    written.append(str(per_fold))
+    slices = long_df[["setting", "protocol"]].drop_duplicates()
+    for setting, protocol in sorted(slices.itertuples(index=False), key=lambda sp: (sp[0], _protocol_key(sp[1]))):
+        part = long_df[(long_df["setting"] == setting) & (long_df["protocol"] == protocol)]
+        stem = f"setting{setting}_{protocol}"
+        table = dice_table(part, class_order, method_order)
+        written += write_tables(table, out_dir, f"dice_{stem}")
+        written += bar_figure(part, class_order, method_order, out_dir / f"dice_bars_{stem}.png",
+                              title=f"setting {setting}, {protocol} protocol")
+    if qualitative_panels:
+        written += qualitative_figure(qualitative_panels, out_dir / "qualitative.png", method_order)
+    if train_logs:
+        written += curve_figure(train_logs, out_dir / "training_curves.png", smoothing=curve_smoothing)
+    return written

@@ -1,0 +1,279 @@
+"""fsmis.tracking against a real MLflow SQLite store.
+
+A fresh MLflow database costs ~1.5 s of migrations, so one migrated template is made per
+session and copied for each test. Only the concurrency test starts from an empty file.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import multiprocessing
+import shutil
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from fsmis import tracking
+
+N_WORKERS = 6
+N_STEPS = 50
+
+
+@pytest.fixture(scope="session")
+def template_db(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("mlflow_template")
+    db = folder / "template.db"
+    assert tracking.init_store("template", uri=f"sqlite:///{db}", strict=True) is not None
+    return db
+
+
+@pytest.fixture(autouse=True)
+def clean_env(monkeypatch, tmp_path):
+    for name in (tracking.PARENT_ENV, tracking.TRACKING_ENV, "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(tracking.STRICT_ENV, "1")
+    monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
+    monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture
+def store(template_db, tmp_path, monkeypatch) -> Path:
+    """A migrated store at the default place under tmp_path, selected through the env."""
+    db = tmp_path / "results" / "mlflow" / "mlflow.db"
+    db.parent.mkdir(parents=True)
+    shutil.copyfile(template_db, db)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{db}")
+    return db
+
+
+def _experiment_rows(db: Path, name: str) -> list[tuple]:
+    with sqlite3.connect(db) as con:
+        return con.execute(
+            "select experiment_id, artifact_location from experiments where name = ?", (name,)
+        ).fetchall()
+
+
+# ------------------------------------------------------------------ pure helpers
+
+
+def test_flatten_stringifies_and_truncates():
+    flat = tracking.flatten({"train": {"lr": 1e-3, "steps": 100, "betas": [0.9, 0.99]}, "seed": 1, "empty": {}})
+    assert flat == {
+        "train.lr": "0.001",
+        "train.steps": "100",
+        "train.betas": "[0.9, 0.99]",
+        "seed": "1",
+        "empty": "{}",
+    }
+    long = tracking.flatten({"x": "a" * 7000})["x"]
+    assert len(long) == tracking.MAX_PARAM_VALUE == 6000
+    assert long.endswith("...")
+
+
+def test_config_hash_is_canonical():
+    one = tracking.config_hash({"a": 1, "b": {"c": [1, 2], "d": "x"}})
+    two = tracking.config_hash({"b": {"d": "x", "c": [1, 2]}, "a": 1})
+    assert one == two and len(one) == 12 and int(one, 16) >= 0
+    assert tracking.config_hash({"a": 2, "b": {"c": [1, 2], "d": "x"}}) != one
+
+
+def test_uri_resolution(tmp_path, monkeypatch):
+    assert tracking.tracking_uri() == "sqlite:///results/mlflow/mlflow.db"
+    uri, db = tracking._resolve(None)
+    assert db == tmp_path / "results" / "mlflow" / "mlflow.db"
+    assert uri == f"sqlite:///{db}"  # absolute: sqlite:////tmp/...
+    assert tracking.sqlite_path("sqlite:////abs/x.db") == Path("/abs/x.db")
+    assert tracking.artifact_location(db) == (tmp_path / "results" / "mlflow" / "artifacts").as_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
+    assert tracking._resolve(None) == ("http://127.0.0.1:5000", None)
+    for bad in ("file:./mlruns", "./mlruns", "sqlite:relative.db"):
+        with pytest.raises(ValueError, match="tracking URI"):
+            tracking._resolve(bad)
+
+
+def test_bad_env_flag_is_a_configuration_error(monkeypatch):
+    monkeypatch.setenv(tracking.TRACKING_ENV, "maybe")
+    with pytest.raises(ValueError, match="FSMIS_TRACKING"):
+        tracking.init_store("exp")
+
+
+def test_retry_only_on_locked_database(monkeypatch):
+    monkeypatch.setattr(tracking, "_RETRY_DELAYS", (0.001, 0.001, 0.001))
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert tracking._retry(flaky) == "ok" and len(calls) == 3
+
+    def broken():
+        calls.append(1)
+        raise RuntimeError("no such table: runs")
+
+    calls.clear()
+    with pytest.raises(RuntimeError, match="no such table"):
+        tracking._retry(broken)
+    assert len(calls) == 1
+
+
+# ------------------------------------------------------------------ store and runs
+
+
+def test_init_store_is_idempotent(store):
+    first = tracking.init_store("demo")
+    tracking._EXPERIMENTS.clear()  # as if a second process called it
+    second = tracking.init_store("demo")
+    assert first == second
+    rows = _experiment_rows(store, "demo")
+    assert rows == [(int(first), (store.parent / "artifacts").as_uri())]
+
+
+def test_parent_with_two_children_found_by_search(store, tmp_path, monkeypatch):
+    parent = tracking.start_parent("demo", tags={"invocation": "abc"})
+    monkeypatch.setenv(tracking.PARENT_ENV, parent)
+    config = {"train": {"lr": 1e-3, "steps": 3}, "model": {"name": "panet"}}
+    for fold in (0, 1):
+        wildcards = {"method": "panet", "setting": "1", "fold": fold}
+        with tracking.job_run("train", "demo", params=config, tags={"rule": "train", "wildcards": wildcards}) as run:
+            assert run.run_id
+            for step in range(3):
+                run.log_metrics({"loss": 1.0 / (step + 1 + fold), "lr": 1e-3}, step=step)
+            run.log_params({"extra": {"fold": fold}})
+            run.set_tags({"note": "hello"})
+            run.log_dict({"dice": 0.5 + fold / 10}, "metrics.json")
+            text = tmp_path / f"train_log{fold}.tsv"
+            text.write_text("step\tloss\n0\t1.0\n")
+            run.log_artifact(text, subdir="logs")
+    log_file = tmp_path / "snakemake.log"
+    log_file.write_text("all done\n")
+    tracking.end_parent(parent, "FINISHED", log_file=log_file)
+
+    runs = tracking.search("demo", "tags.stage = 'train'")
+    assert len(runs) == 2
+    assert list(runs["run_name"]) == ["train:method=panet,setting=1,fold=0", "train:method=panet,setting=1,fold=1"]
+    assert set(runs["parent_run_id"]) == {parent}
+    assert set(runs["status"]) == {"FINISHED"}
+    assert set(runs["params.train.lr"]) == {"0.001"}
+    assert list(runs["params.extra.fold"]) == ["0", "1"]
+    assert list(runs["metrics.loss"]) == pytest.approx([1 / 3, 1 / 4])  # latest step
+    assert set(runs["tags.config_hash"]) == {tracking.config_hash(config)}
+    assert json.loads(runs["tags.wildcards"].iloc[1]) == {"method": "panet", "setting": "1", "fold": "1"}
+    assert list(runs["tags.fold"]) == ["0", "1"]
+    assert set(runs["tags.rule"]) == {"train"} and set(runs["tags.note"]) == {"hello"}
+    assert runs["tags.git_commit"].str.len().min() > 0
+
+    history = tracking.metric_history(runs["run_id"].iloc[0], "loss")
+    assert list(history["step"]) == [0, 1, 2]
+    assert list(history["value"]) == pytest.approx([1.0, 1 / 2, 1 / 3])
+
+    # artifacts sit beside the database
+    artifacts = store.parent / "artifacts"
+    run_dir = next(artifacts.glob(f"{runs['run_id'].iloc[1]}/artifacts"))
+    assert json.loads((run_dir / "metrics.json").read_text()) == {"dice": 0.6}
+    assert (run_dir / "logs" / "train_log1.tsv").is_file()
+    assert (next(artifacts.glob(f"{parent}/artifacts")) / "snakemake" / "snakemake.log").read_text() == "all done\n"
+
+    everything = tracking.search("demo")
+    parent_row = everything[everything["run_id"] == parent].iloc[0]
+    assert parent_row["status"] == "FINISHED" and parent_row["tags.stage"] == "workflow"
+    assert parent_row["tags.invocation"] == "abc"
+
+
+def test_without_parent_env_the_run_is_top_level(store):
+    with tracking.job_run("evaluate", "demo", params={"a": 1}, tags={}) as run:
+        run.log_metrics({"dice": 0.8})
+    runs = tracking.search("demo")
+    assert len(runs) == 1
+    row = runs.iloc[0]
+    assert row["run_name"] == "evaluate" and row["parent_run_id"] is None
+    assert row["tags.rule"] == "evaluate" and "tags.mlflow.parentRunId" not in runs
+    assert row["metrics.dice"] == 0.8 and row["params.a"] == "1"
+
+
+def test_exception_marks_run_failed_and_propagates(store):
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracking.job_run("train", "demo", params={}, tags={"wildcards": {"fold": 0}}) as run:
+            run.log_metrics({"loss": 2.0}, step=0)
+            raise RuntimeError("boom")
+    runs = tracking.search("demo")
+    assert list(runs["status"]) == ["FAILED"]
+    assert runs["tags.error"].iloc[0] == "RuntimeError: boom"
+    assert runs["metrics.loss"].iloc[0] == 2.0
+
+
+def test_tracking_off_writes_nothing(tmp_path, monkeypatch):
+    monkeypatch.setenv(tracking.TRACKING_ENV, "off")
+    before = sorted(tmp_path.rglob("*"))
+    assert tracking.init_store("demo") is None
+    assert tracking.start_parent("demo", {"x": 1}) is None
+    with tracking.job_run("train", "demo", params={"a": 1}, tags={"wildcards": {"fold": 0}}) as run:
+        assert run.run_id is None and not run.active
+        run.log_metrics({"loss": 1.0}, step=1)
+        run.log_params({"b": 2})
+        run.set_tags({"c": 3})
+        run.log_dict({"d": 4}, "d.json")
+        run.log_artifact(tmp_path / "missing.txt")
+    tracking.end_parent(None)
+    assert tracking.search("demo").empty
+    assert sorted(tmp_path.rglob("*")) == before == []
+
+
+def test_unreachable_store_warns_unless_strict(tmp_path, monkeypatch, caplog):
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    uri = f"sqlite:///{blocker}/mlflow.db"  # its parent is a file: the store cannot be created
+    monkeypatch.setenv(tracking.STRICT_ENV, "0")
+    ran = False
+    with caplog.at_level(logging.WARNING, logger="fsmis.tracking"):
+        with tracking.job_run("train", "demo", params={"a": 1}, tags={}, uri=uri) as run:
+            run.log_metrics({"loss": 1.0})
+            ran = True
+    assert ran and run.run_id is None
+    assert "goes on without it" in caplog.text
+    with pytest.raises(OSError):
+        with tracking.job_run("train", "demo", params={}, tags={}, uri=uri, strict=True):
+            pass
+
+
+def _worker(uri: str, index: int, barrier) -> None:
+    from fsmis import tracking as t
+
+    barrier.wait(timeout=120)  # every process opens the fresh store at the same moment
+    with t.job_run("train", "race", params={"worker": index}, tags={"wildcards": {"fold": index}}, uri=uri,
+                   strict=True) as run:
+        for step in range(N_STEPS):
+            run.log_metrics({"loss": float(index * 1000 + step), "lr": 0.1}, step=step)
+
+
+def test_parallel_jobs_on_a_fresh_store_lose_nothing(tmp_path):
+    """6 processes open an empty DB at once (the lock serialises the migration) and log together.
+
+    The processes come from a fork server that has only imported MLflow (no store, engine
+    or connection exists before the fork), so each one is as independent as a spawned
+    process but does not pay the ~3 s of CPU for importing MLflow again.
+    """
+    db = tmp_path / "fresh" / "mlflow.db"
+    uri = f"sqlite:///{db}"
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["mlflow", "mlflow.store.tracking.sqlalchemy_store", "fsmis.tracking"])
+    barrier = ctx.Barrier(N_WORKERS)
+    procs = [ctx.Process(target=_worker, args=(uri, i, barrier)) for i in range(N_WORKERS)]
+    for proc in procs:
+        proc.start()
+    for proc in procs:
+        proc.join(timeout=180)
+    assert [proc.exitcode for proc in procs] == [0] * N_WORKERS
+
+    runs = tracking.search("race", uri=uri)
+    assert len(runs) == N_WORKERS and set(runs["status"]) == {"FINISHED"}
+    assert sorted(runs["params.worker"].astype(int)) == list(range(N_WORKERS))
+    for run_id, worker in zip(runs["run_id"], runs["params.worker"].astype(int)):
+        history = tracking.metric_history(run_id, "loss", uri=uri)
+        assert list(history["step"]) == list(range(N_STEPS))
+        assert list(history["value"]) == [worker * 1000.0 + s for s in range(N_STEPS)]
+    assert len(_experiment_rows(db, "race")) == 1
