@@ -8,7 +8,6 @@ can also be run from Python (or a notebook) without Snakemake. ``tracking`` is
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import time
@@ -33,8 +32,10 @@ def _job(stage: str, tracking: dict, params: dict):
     return T.job_run(stage, tracking.get("experiment", "fsmis"), params=params, tags=tags)
 
 
-def config_hash(obj) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:12]
+def _config_hash(obj) -> str:
+    from fsmis.tracking import config_hash
+
+    return config_hash(obj)
 
 
 def _set_threads(threads: int) -> None:
@@ -170,7 +171,7 @@ def _train_meta(method: str, setting: str, fold: int, config: dict) -> dict:
     relevant["method_params"] = config.get("method_params", {}).get(arch, {})
     return {"method": method, "architecture": arch, "setting": setting, "fold": fold,
             "model": config["model"], "method_params": relevant["method_params"],
-            "config_hash": config_hash({"method": method, "setting": setting, "fold": fold, **relevant})}
+            "config_hash": _config_hash({"method": method, "setting": setting, "fold": fold, **relevant})}
 
 
 def train(method: str, setting: str, fold: int, config: dict, splits_json: str, data_dir: str, classmap_json: str,
@@ -291,16 +292,18 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
 # -- report --------------------------------------------------------------------------
 
 def _qualitative_panels(metrics_paths, config, data_dir) -> list[dict]:
-    """One panel per class: the first query scan of the lowest evaluated fold, at the
-    middle slice of the class's extent, with every method's prediction there."""
+    """One panel per class: the first query scan of the lowest evaluated fold of the
+    first setting, at the middle slice of the class's extent, with every method's
+    prediction there."""
     from fsmis import evaluate as E
     from fsmis.data import sources
 
     facts = sources.info(config["dataset"]["name"])
     by_method = {}
+    setting = str(config["settings"][0])
     for p in metrics_paths:
         m = io.read_json(p)
-        if m["setting"] == "1":
+        if str(m["setting"]) == setting:
             by_method.setdefault(m["method"], {})[int(m["fold"])] = Path(p).parent
     if not by_method:
         return []
@@ -347,8 +350,8 @@ def report(metrics_paths: list[str], train_logs: list[str], config: dict, data_d
         for p in train_logs:
             df = pd.read_csv(p, sep="\t")
             if len(df):
-                parts = Path(p).parts
-                logs[f"{parts[-4]} {parts[-2]}"] = df
+                method, setting, fold = Path(p).parts[-4:-1]
+                logs[f"{method} {setting} {fold}"] = df
         panels = _qualitative_panels(metrics_paths, config, data_dir)
         written = R.build_report(metrics_paths, out_dir, facts["classes"], method_order,
                                  qualitative_panels=panels, train_logs=logs)

@@ -447,7 +447,7 @@ def build_report(
     Per setting and protocol: ``dice_setting<setting>_<protocol>.csv/.md`` and
     ``dice_bars_setting<setting>_<protocol>.png/.pdf``; always ``dice_per_fold.csv`` (the
     long table, fractions); ``qualitative.png/.pdf`` if panels are given;
-    ``training_curves.png/.pdf`` if training logs are given.
+    ``training_curves.png/.pdf`` (a placeholder figure when there is nothing to draw).
     """
     out_dir = Path(out_dir)
     long_df = collect(metrics_paths)
@@ -464,8 +464,22 @@ def build_report(
         written += write_tables(table, out_dir, f"dice_{stem}")
         written += bar_figure(part, class_order, method_order, out_dir / f"dice_bars_{stem}.png",
                               title=f"setting {setting}, {protocol} protocol")
+    # both figures always exist (the workflow declares them), with a note when empty
     if qualitative_panels:
         written += qualitative_figure(qualitative_panels, out_dir / "qualitative.png", method_order)
+    else:
+        written += placeholder_figure(out_dir / "qualitative.png", "no predictions to show")
     if train_logs:
         written += curve_figure(train_logs, out_dir / "training_curves.png", smoothing=curve_smoothing)
+    else:
+        written += placeholder_figure(out_dir / "training_curves.png", "no method was trained")
     return written
+
+
+def placeholder_figure(path: str | os.PathLike, text: str) -> list[str]:
+    """A small figure that says why a figure has no content."""
+    fig = _figure(4.0, 1.5)
+    ax = fig.add_subplot()
+    ax.axis("off")
+    ax.text(0.5, 0.5, text, ha="center", va="center")
+    return _save(fig, path)

@@ -1,0 +1,100 @@
+"""A tiny end-to-end run of the real workflow in a temporary directory.
+
+4 phantom cases at 64x64, 3 folds of which fold 0 runs, SSL-ALPNet for a few steps,
+both baselines: every stage executes for real (generation, canonical checks,
+preprocessing, superpixels, splits, training, evaluation, report, MLflow).
+"""
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+
+TINY = {
+    "experiment": "tiny",
+    "dataset": {"name": "phantom", "n_cases": 4},
+    "preprocess": {"image_size": 64},
+    "n_folds": 3,
+    "folds": [0],
+    "methods": ["ssl_alpnet"],
+    "baselines": ["untrained", "mask_transfer"],
+    "train": {"steps": 6, "checkpoint_every": 3, "log_every": 2},
+}
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir, *args):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
+           "--configfile", str(workdir / "tiny.yaml"), "--workflow-profile", "none", "--cores", "2", *args]
+    env = {k: v for k, v in os.environ.items() if k not in ("SNAKEMAKE_PROFILE", "MLFLOW_TRACKING_URI")}
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    wd = tmp_path_factory.mktemp("e2e")
+    (wd / "tiny.yaml").write_text(yaml.safe_dump(TINY))
+    first = snakemake(wd)
+    assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-8000:]
+    return wd, first
+
+
+def test_report_and_metrics_exist(run):
+    wd, _ = run
+    report = wd / "results" / "tiny" / "report"
+    table = pd.read_csv(report / "dice_setting1_oracle.csv")
+    assert set(table["method"]) == {"ssl_alpnet", "untrained", "mask_transfer"}
+    for name in ("dice_setting1_oracle.md", "dice_bars_setting1_oracle.png", "qualitative.png",
+                 "training_curves.png"):
+        assert (report / name).stat().st_size > 0, name
+    metrics = json.loads((wd / "results/tiny/ssl_alpnet/setting1/fold0/metrics.json").read_text())
+    oracle = metrics["protocols"]["oracle"]
+    assert set(oracle["dice"]) == {"left_kidney", "right_kidney", "spleen", "liver"}
+    assert 0.0 <= oracle["mean_dice"] <= 1.0
+    preds = list((wd / "results/tiny/ssl_alpnet/setting1/fold0/predictions").glob("*.nii.gz"))
+    assert len(preds) == 2  # 4 cases in 3 folds: blocks of 2, 1, 1 cases
+
+
+def test_mlflow_store_holds_a_parent_and_a_child_per_job(run):
+    wd, _ = run
+    db = wd / "results" / "mlflow" / "mlflow.db"
+    con = sqlite3.connect(db)
+    tags = con.execute("select run_uuid, key, value from tags").fetchall()
+    stages = {v for _, k, v in tags if k == "stage"}
+    assert {"fetch", "canonical", "preprocess", "superpixels", "splits", "train", "evaluate", "report"} <= stages
+    parents = {v for _, k, v in tags if k == "mlflow.parentRunId"}
+    assert len(parents) == 1
+    children = {r for r, k, _ in tags if k == "mlflow.parentRunId"}
+    # 1 fetch + 1 canonical + 4 preprocess + 1 classmap + 4 superpixels + 1 splits
+    # + 2 train + 3 evaluate + 1 report
+    assert len(children) == 18
+    keys = {k for (k,) in con.execute("select distinct key from metrics")}
+    assert {"loss", "mean_dice", "dice_liver"} <= keys
+    status = dict(con.execute("select run_uuid, status from runs").fetchall())
+    assert status[next(iter(parents))] == "FINISHED"
+
+
+def test_second_invocation_runs_nothing(run):
+    wd, _ = run
+    again = snakemake(wd)
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_corrupt_raw_image_stops_with_the_file_named(run):
+    wd, _ = run
+    bad = wd / "resources" / "phantom" / "raw" / "phantom_002_image.nii.gz"
+    bad.write_bytes(b"\x1f\x8b garbage")
+    result = snakemake(wd, "results/data/phantom/cases.tsv", "--forcerun", "canonical", "--show-failed-logs")
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "phantom_002_image.nii.gz" in out and "corrupt" in out
