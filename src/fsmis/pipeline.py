@@ -39,9 +39,13 @@ def _config_hash(obj) -> str:
 
 
 def _set_threads(threads: int) -> None:
+    """torch uses exactly the threads Snakemake granted the job (never more than the
+    machine has), so parallel jobs do not oversubscribe the CPU."""
+    import os
+
     import torch
 
-    torch.set_num_threads(max(1, int(threads)))
+    torch.set_num_threads(max(1, min(int(threads), os.cpu_count() or 1)))
 
 
 def data_paths(data_dir: str | Path, case: str) -> dict:

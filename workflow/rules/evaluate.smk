@@ -22,7 +22,10 @@ rule evaluate:
         method="|".join(TRAINABLE + ["mask_transfer"]),
     conda:
         "../../envs/fsmis.yaml"
-    threads: 2
+    # One torch thread per job by default: several single-thread jobs use a CPU better
+    # than multi-thread jobs that oversubscribe it (OpenMP spin-waits). On a large CPU
+    # box give more with --set-threads train=8; on a GPU it hardly matters.
+    threads: 1
     resources:
         gpu=evaluate_gpu,
     params:

@@ -23,7 +23,10 @@ rule train:
         method="|".join(TRAINABLE),
     conda:
         "../../envs/fsmis.yaml"
-    threads: 2
+    # One torch thread per job by default: several single-thread jobs use a CPU better
+    # than multi-thread jobs that oversubscribe it (OpenMP spin-waits). On a large CPU
+    # box give more with --set-threads train=8; on a GPU it hardly matters.
+    threads: 1
     resources:
         # A scheduling token: local runs honour it only with a global limit
         # (workflow/profiles/gpu); the SLURM profile turns it into --gpus.
