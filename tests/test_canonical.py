@@ -1,7 +1,6 @@
-"""Canonical conversion: explicit label maps and clear errors for bad input."""
+"""Canonical conversion: explicit label maps, clear errors, nothing half-written."""
 
 import numpy as np
-import pandas as pd
 import pytest
 import SimpleITK as sitk
 
@@ -9,51 +8,116 @@ from fsmis.data import canonical
 from fsmis.errors import InputError
 from fsmis.labels import class_id
 
-LABEL_MAP = {63: "liver", 126: "right_kidney", 189: "left_kidney", 252: "spleen"}  # CHAOS PNG values
+CHAOS_MAP = {63: "liver", 126: "right_kidney", 189: "left_kidney", 252: "spleen"}  # CHAOS PNG grey values
 
 
-def _write(path, arr, spacing=(1.0, 1.0, 2.0), origin=(0.0, 0.0, 0.0)):
+def _write(path, arr, spacing=(0.8, 0.8, 2.5), origin=(-10.0, 5.0, 100.0), direction=None):
     img = sitk.GetImageFromArray(arr)
     img.SetSpacing(spacing)
     img.SetOrigin(origin)
+    if direction is not None:
+        img.SetDirection(direction)
     sitk.WriteImage(img, str(path))
     return str(path)
 
 
-def _pair(tmp_path, case="c1", label_values=(63, 252), **geom):
-    img = np.random.default_rng(0).integers(-100, 100, (4, 6, 6)).astype(np.int16)
-    lab = np.zeros((4, 6, 6), np.uint8)
-    for i, v in enumerate(label_values):
-        lab[i, :2, :2] = v
-    return (case, _write(tmp_path / f"{case}_img.nii.gz", img), _write(tmp_path / f"{case}_lab.nii.gz", lab, **geom))
+def _pair(tmp_path, case="c1", values=(63, 252), image_geom=None, label_geom=None):
+    img = np.random.default_rng(0).integers(-1000, 1000, (4, 6, 7)).astype(np.int16)
+    lab = np.zeros((4, 6, 7), np.uint8)
+    for z, v in enumerate(values):
+        lab[z, :2, :3] = v
+    return (case, _write(tmp_path / f"{case}_img.nii.gz", img, **(image_geom or {})),
+            _write(tmp_path / f"{case}_lab.nii.gz", lab, **(label_geom or {})))
 
 
-def test_maps_values_explicitly_and_writes_table(tmp_path):
-    table = canonical.build([_pair(tmp_path)], tmp_path / "out", LABEL_MAP, "MR")
-    lab = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "c1_label.nii.gz")))
-    assert lab[0, 0, 0] == class_id("liver") and lab[1, 0, 0] == class_id("spleen")
-    assert set(np.unique(lab)) == {0, class_id("liver"), class_id("spleen")}
-    assert isinstance(table, pd.DataFrame) and table.loc[0, "labels"] == "liver,spleen"
-    assert (table.loc[0, "spacing_z"], table.loc[0, "size_x"]) == (2.0, 6)
+def _read(path):
+    img = sitk.ReadImage(str(path))
+    return img, sitk.GetArrayFromImage(img)
 
 
-def test_unknown_label_value_names_file_and_values(tmp_path):
-    pair = _pair(tmp_path, label_values=(63, 7))
-    with pytest.raises(InputError, match=r"c1_lab.nii.gz: unknown label values \[7\]"):
-        canonical.build([pair], tmp_path / "out", LABEL_MAP, "MR")
+def test_maps_raw_values_explicitly(tmp_path):
+    pair = _pair(tmp_path, values=(252, 63, 189))
+    canonical.build([pair], tmp_path / "out", CHAOS_MAP, "MR")
+    lab, arr = _read(tmp_path / "out" / "c1_label.nii.gz")
+    assert lab.GetPixelID() == sitk.sitkUInt8
+    # by the map, not by sorted value: 252 is spleen even though it is the largest value
+    assert arr[0, 0, 0] == class_id("spleen") == 2
+    assert arr[1, 0, 0] == class_id("liver") == 1
+    assert arr[2, 0, 0] == class_id("left_kidney") == 3
+    assert set(np.unique(arr)) == {0, 1, 2, 3}
+    assert (arr[:, 2:, :] == 0).all()
+
+
+def test_writes_image_unchanged_and_table(tmp_path):
+    pairs = [_pair(tmp_path, "p10", values=(63,)), _pair(tmp_path, "p2", values=(252, 126))]
+    table = canonical.build(pairs, tmp_path / "out", {str(k): v for k, v in CHAOS_MAP.items()}, "CT")
+    img, arr = _read(tmp_path / "out" / "p10_image.nii.gz")
+    src, src_arr = _read(pairs[0][1])
+    assert img.GetPixelID() == sitk.sitkInt16 and np.array_equal(arr, src_arr)
+    assert img.GetOrigin() == src.GetOrigin() and img.GetSpacing() == src.GetSpacing()
+    assert list(table.columns) == ["case", "source_image", "source_label", "modality", "spacing_x", "spacing_y",
+                                   "spacing_z", "size_x", "size_y", "size_z", "labels"]
+    assert table["case"].tolist() == ["p10", "p2"]
+    row = table.iloc[1]
+    assert row["labels"] == "spleen,right_kidney"  # canonical id order
+    assert (row["size_x"], row["size_y"], row["size_z"]) == (7, 6, 4)
+    assert row["spacing_x"] == pytest.approx(0.8) and row["spacing_z"] == pytest.approx(2.5)
+    assert row["modality"] == "CT" and row["source_label"] == pairs[1][2]
+
+
+def test_unknown_label_values_name_file_values_and_allowed(tmp_path):
+    pair = _pair(tmp_path, values=(63, 7, 9))
+    with pytest.raises(InputError) as err:
+        canonical.build([pair], tmp_path / "out", CHAOS_MAP, "MR")
+    msg = str(err.value)
+    assert msg.startswith(pair[2]) and "unknown label values [7, 9]" in msg
+    assert "allowed: [0, 63, 126, 189, 252]" in msg
     assert not (tmp_path / "out").exists()
 
 
-def test_geometry_mismatch_names_both_files(tmp_path):
-    pair = _pair(tmp_path, spacing=(1.0, 1.0, 3.0))
-    with pytest.raises(InputError, match=r"c1_lab.nii.gz: geometry differs from its image .*c1_img.nii.gz: spacing"):
-        canonical.build([pair], tmp_path / "out", LABEL_MAP, "MR")
+@pytest.mark.parametrize("what, label_geom, shown", [
+    ("spacing", {"spacing": (0.8, 0.8, 3.0)}, "spacing (0.8, 0.8, 3) (label) vs (0.8, 0.8, 2.5) (image)"),
+    ("origin", {"origin": (-10.0, 5.0, 100.01)}, "origin (-10, 5, 100.01) (label) vs (-10, 5, 100) (image)"),
+    ("direction", {"direction": (1.0, 0, 0, 0, -1.0, 0, 0, 0, -1.0)}, "direction (1, 0, 0, 0, -1, 0, 0, 0, -1)"),
+])
+def test_geometry_mismatch_names_both_files(tmp_path, what, label_geom, shown):
+    pair = _pair(tmp_path, label_geom=label_geom)
+    with pytest.raises(InputError) as err:
+        canonical.build([pair], tmp_path / "out", CHAOS_MAP, "MR")
+    msg = str(err.value)
+    assert msg.startswith(pair[2]) and pair[1] in msg and shown in msg
 
 
-def test_bad_case_writes_nothing_even_after_good_ones(tmp_path):
-    good = _pair(tmp_path, "a")
-    bad = _pair(tmp_path, "b")
-    open(bad[1], "wb").write(b"\x1f\x8b not a nifti")
-    with pytest.raises(InputError, match="b_img.nii.gz: not a readable image"):
-        canonical.build([good, bad], tmp_path / "out", LABEL_MAP, "MR")
-    assert not (tmp_path / "out" / "a_image.nii.gz").exists()
+def test_size_mismatch(tmp_path):
+    case, image, _ = _pair(tmp_path)
+    label = _write(tmp_path / "small_lab.nii.gz", np.zeros((4, 6, 6), np.uint8))
+    with pytest.raises(InputError, match=r"small_lab.nii.gz: geometry differs from its image .*c1_img.nii.gz: size"):
+        canonical.build([(case, image, label)], tmp_path / "out", CHAOS_MAP, "MR")
+
+
+def test_tiny_geometry_differences_are_tolerated(tmp_path):
+    pair = _pair(tmp_path, label_geom={"origin": (-10.0, 5.0, 100.00005)})
+    assert len(canonical.build([pair], tmp_path / "out", CHAOS_MAP, "MR")) == 1
+
+
+def test_corrupt_file_names_it_and_nothing_is_written(tmp_path):
+    good, bad = _pair(tmp_path, "a"), _pair(tmp_path, "b")
+    with open(bad[1], "wb") as fh:
+        fh.write(b"\x1f\x8b\x08 not a nifti")
+    with pytest.raises(InputError, match=r"b_img.nii.gz: not a readable image"):
+        canonical.build([good, bad], tmp_path / "out", CHAOS_MAP, "MR")
+    assert not (tmp_path / "out").exists()  # the good case before it was not written either
+
+
+def test_missing_file(tmp_path):
+    case, image, _ = _pair(tmp_path)
+    with pytest.raises(InputError, match="nope.nii.gz: file does not exist"):
+        canonical.build([(case, image, str(tmp_path / "nope.nii.gz"))], tmp_path / "out", CHAOS_MAP, "MR")
+
+
+def test_bad_label_map_and_case_ids(tmp_path):
+    pair = _pair(tmp_path)
+    with pytest.raises(ValueError, match="unknown class 'livr'"):
+        canonical.build([pair], tmp_path / "out", {63: "livr"}, "MR")
+    with pytest.raises(ValueError, match="duplicate case id 'c1'"):
+        canonical.build([pair, pair], tmp_path / "out", CHAOS_MAP, "MR")

@@ -1,10 +1,12 @@
-"""The embedded phantom: deterministic, varied, anatomically plausible."""
+"""The embedded phantom: deterministic, varied between cases, anatomically plausible."""
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
 from fsmis.data import phantom
+
+LIVER, SPLEEN, RKID, LKID = 1, 2, 3, 4
 
 
 @pytest.fixture(scope="module")
@@ -16,51 +18,91 @@ def _arr(img):
     return sitk.GetArrayFromImage(img)
 
 
-def test_deterministic_and_cases_differ(cases):
+def test_label_map_is_the_phantoms_own():
+    assert phantom.PHANTOM_LABEL_MAP == {1: "liver", 2: "spleen", 3: "right_kidney", 4: "left_kidney"}
+
+
+def test_deterministic_for_index_and_seed(cases):
     img, lab = phantom.generate_case(1, 2024)
     assert np.array_equal(_arr(img), _arr(cases[1][0])) and np.array_equal(_arr(lab), _arr(cases[1][1]))
-    assert cases[0][0].GetSize() != cases[1][0].GetSize() or not np.array_equal(_arr(cases[0][0]), _arr(cases[1][0]))
-    other_seed, _ = phantom.generate_case(1, 7)
-    assert other_seed.GetSpacing() != img.GetSpacing() or not np.array_equal(_arr(other_seed), _arr(img))
+    assert img.GetSpacing() == cases[1][0].GetSpacing() and img.GetOrigin() == cases[1][0].GetOrigin()
+
+
+def test_cases_and_seeds_differ(cases):
+    def fingerprint(img):
+        return img.GetSize(), img.GetSpacing(), float(_arr(img).astype(float).mean())
+
+    prints = [fingerprint(img) for img, _ in cases] + [fingerprint(phantom.generate_case(1, 7)[0])]
+    assert len(set(prints)) == 4
 
 
 def test_geometry(cases):
-    spacings = {c[0].GetSpacing() for c in cases}
+    spacings = {img.GetSpacing() for img, _ in cases}
     assert len(spacings) == 3  # spacing varies between cases
     for img, lab in cases:
-        assert img.GetSize() == lab.GetSize() and img.GetSpacing() == lab.GetSpacing()
-        assert img.GetOrigin() == lab.GetOrigin() and img.GetDirection() == lab.GetDirection()
+        for get in ("GetSize", "GetSpacing", "GetOrigin", "GetDirection"):
+            assert getattr(img, get)() == getattr(lab, get)()
         assert img.GetPixelID() == sitk.sitkInt16 and lab.GetPixelID() == sitk.sitkUInt8
-        assert 1.5 <= img.GetSpacing()[0] <= 2.2 and 3.5 <= img.GetSpacing()[2] <= 6.5
+        assert img.GetDirection() == (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+        sx, sy, sz = img.GetSpacing()
+        nx, ny, nz = img.GetSize()
+        assert 1.7 <= sx == sy <= 2.1 and 4.0 <= sz <= 6.0
+        assert 176 <= nx == ny <= 208 and 36 <= nz <= 48
 
 
-def test_organs_volumes_and_intensities(cases):
+def test_all_organs_with_plausible_volumes(cases):
+    for img, lab in cases:
+        l = _arr(lab)
+        assert set(np.unique(l)) == {0, 1, 2, 3, 4}
+        ml = {v: (l == v).sum() * np.prod(img.GetSpacing()) / 1000 for v in (LIVER, SPLEEN, RKID, LKID)}
+        assert 700 < ml[LIVER] < 2500, ml
+        assert 50 < ml[SPLEEN] < 450, ml
+        assert 50 < ml[RKID] < 250 and 50 < ml[LKID] < 250, ml
+
+
+def test_intensities(cases):
     for img, lab in cases:
         a, l = _arr(img).astype(float), _arr(lab)
-        voxel_ml = np.prod(img.GetSpacing()) / 1000
-        vols = {v: (l == v).sum() * voxel_ml for v in (1, 2, 3, 4)}
-        assert 600 < vols[1] < 2500, vols  # liver
-        assert 20 < vols[2] < 400, vols  # spleen
-        assert 40 < vols[3] < 300 and 40 < vols[4] < 300, vols  # kidneys
-        hu = {v: np.median(a[l == v]) for v in (1, 2, 3, 4)}
-        assert abs(hu[1] - hu[2]) <= 15  # liver and spleen close, as in real CT
-        assert hu[3] > hu[1] + 30 and hu[4] > hu[1] + 30  # enhancing kidneys
-        assert a.min() <= -900 and a.max() >= 400  # air and bone present
+        hu = {v: a[l == v].mean() for v in (LIVER, SPLEEN, RKID, LKID)}
+        # liver and spleen look alike: only shape and context tell them apart
+        assert abs(hu[LIVER] - hu[SPLEEN]) < 15, hu
+        assert 30 < hu[LIVER] < 90 and 30 < hu[SPLEEN] < 90, hu
+        assert hu[RKID] > hu[LIVER] + 25 and hu[LKID] > hu[LIVER] + 25, hu  # enhancing cortex
+        assert a[0, 0, 0] < -950 and a.max() > 500  # air outside the body, bone inside
+        # noise and texture: an organ is not a flat region
+        assert 8 < a[l == LIVER].std() < 60
 
 
 def test_laterality_and_height(cases):
-    for img, lab in cases:
+    """x index 0 is the patient's right; z index 0 is the most inferior slice."""
+    for _, lab in cases:
         l = _arr(lab)
-        cent = {v: np.argwhere(l == v).mean(axis=0) for v in (1, 2, 3, 4)}  # (z, y, x)
-        assert cent[1][2] < cent[2][2]  # liver on the patient's right (small x), spleen left
-        assert cent[3][2] < cent[4][2]  # right kidney at smaller x than the left
-        assert cent[3][0] < cent[4][0]  # right kidney lower (slice 0 is inferior)
-        assert cent[1][0] > cent[3][0]  # liver above the right kidney
+        zyx = {v: np.argwhere(l == v).mean(axis=0) for v in (LIVER, SPLEEN, RKID, LKID)}
+        assert zyx[LIVER][2] < zyx[SPLEEN][2]  # liver on the right, spleen on the left
+        assert zyx[RKID][2] < l.shape[2] / 2 < zyx[LKID][2]
+        assert zyx[RKID][0] < zyx[LKID][0]  # right kidney lower
+        assert zyx[LIVER][0] > zyx[RKID][0]  # liver above the right kidney
+        assert zyx[RKID][1] > zyx[LIVER][1]  # kidneys posterior (larger y) to the liver
+        top = np.flatnonzero((l == LIVER).any(axis=(1, 2))).max()
+        assert top < l.shape[0] - 1  # the liver dome lies inside the scan, not cut by it
+        kidney_bottom = np.flatnonzero(np.isin(l, (RKID, LKID)).any(axis=(1, 2))).min()
+        assert kidney_bottom > 0  # the scan reaches below the kidneys
 
 
 def test_write_dataset(tmp_path):
-    cases = phantom.write_dataset(tmp_path, 2, seed=3)
-    assert cases == ["phantom_000", "phantom_001"]
-    assert (tmp_path / "phantom_001_label.nii.gz").exists()
+    ids = phantom.write_dataset(tmp_path, 2, seed=3)
+    assert ids == ["phantom_000", "phantom_001"]
+    img = sitk.ReadImage(str(tmp_path / "phantom_001_image.nii.gz"))
+    lab = sitk.ReadImage(str(tmp_path / "phantom_001_label.nii.gz"))
+    ref_img, ref_lab = phantom.generate_case(1, 3)
+    assert np.array_equal(_arr(img), _arr(ref_img)) and np.array_equal(_arr(lab), _arr(ref_lab))
+    assert np.allclose(img.GetSpacing(), ref_img.GetSpacing()) and np.allclose(img.GetOrigin(), ref_img.GetOrigin())
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "phantom_000_image.nii.gz", "phantom_000_label.nii.gz", "phantom_001_image.nii.gz", "phantom_001_label.nii.gz"]
+
+
+def test_params_are_keyword_overridable():
+    img, _ = phantom.generate_case(0, 1, noise_sd=0.0, texture_scale=0.0, n_slices_range=(36, 36))
+    assert img.GetSize()[2] == 36
     with pytest.raises(TypeError, match="unknown phantom parameter"):
         phantom.generate_case(0, 0, bogus=1)

@@ -16,6 +16,7 @@ unseeded NumPy state, so its episodes are not reproducible).
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -48,25 +49,29 @@ def affine_matrix(rot_deg: float, tx: float, ty: float, shear_deg: float, zoom: 
     return Z @ S @ T @ R
 
 
+@functools.lru_cache(maxsize=8)
+def _centred_grid(size: int) -> torch.Tensor:
+    """``[2,H,W]`` pixel-centre coordinates (x, y) relative to the image centre."""
+    r = torch.arange(size, dtype=torch.float32) + 0.5 - size / 2
+    ys, xs = torch.meshgrid(r, r, indexing="ij")
+    return torch.stack([xs, ys])
+
+
 def warp(image: torch.Tensor, mask: torch.Tensor, forward: torch.Tensor, displacement: torch.Tensor | None):
     """Warp ``image``/``mask`` ``[H,W]`` (square) by the forward affine map, after which
     ``displacement [2,H,W]`` (pixels, x then y) is applied: output p samples the input
     at A^-1 (p + d(p))."""
     h, w = image.shape
     assert h == w, "augmentation expects square slices"
-    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
-    px = xs + 0.5 - w / 2
-    py = ys + 0.5 - h / 2
+    p = _centred_grid(h)
     if displacement is not None:
-        px = px + displacement[0]
-        py = py + displacement[1]
-    inv = torch.linalg.inv(forward)
-    sx = inv[0, 0] * px + inv[0, 1] * py + inv[0, 2]
-    sy = inv[1, 0] * px + inv[1, 1] * py + inv[1, 2]
-    grid = torch.stack([sx * 2 / w, sy * 2 / h], dim=-1)[None]  # align_corners=False units
-    stack = torch.stack([image, mask.float()])[:, None]
-    out = F.grid_sample(stack, grid.expand(2, -1, -1, -1), mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out[0, 0], out[1, 0] > 0.5
+        p = p + displacement
+    inv = torch.linalg.inv(forward)[:2]
+    src = torch.einsum("ij,jhw->hwi", inv[:, :2], p) + inv[:, 2]
+    grid = (src * (2 / w))[None]  # align_corners=False units
+    stack = torch.stack([image, mask.float()])[None]
+    out = F.grid_sample(stack, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return out[0, 0], out[0, 1] > 0.5
 
 
 def gamma(image: torch.Tensor, g: float) -> torch.Tensor:

@@ -50,7 +50,7 @@ DEFAULTS = {
     "n_bowel_loops": (6, 12),
 }
 
-# tissue codes -> (mean HU, texture sd HU); per-case jitter is added in _tissue_table
+# tissue codes -> (mean HU, texture sd HU); per-case jitter is added in _intensities
 _AIR, _SUBFAT, _MUSCLE, _VFAT, _LUNG, _BOWEL, _GAS = 0, 1, 2, 3, 4, 5, 6
 _LIVER_T, _VESSEL, _SPLEEN_T, _CORTEX, _MEDULLA = 7, 8, 9, 10, 11
 _BONE, _MARROW, _DISC, _CSF, _BLOOD, _STOMACH = 12, 13, 14, 15, 16, 17
@@ -254,6 +254,8 @@ def _paint_body(frame, tissue, organ, rng):
     fat = rng.uniform(10.0, 28.0)  # subcutaneous fat thickness (mm)
     muscle = rng.uniform(8.0, 14.0)
     frame.cavity = frame.superellipse(fat + muscle, 6.0)
+    # cavity semi-axes (mm): organs hugging the wall are placed relative to them
+    frame.cav_a, frame.cav_bp = frame.a - fat - muscle, 0.92 * frame.b - fat - muscle - 6.0
     full = (slice(None),) * 3
     _paint(tissue, organ, full, frame.body, _SUBFAT)
     _paint(tissue, organ, full, frame.superellipse(fat, 0.0), _MUSCLE)
@@ -262,13 +264,16 @@ def _paint_body(frame, tissue, organ, rng):
 
 
 def _paint_ribs(frame, tissue, organ, rng, fat, muscle):
-    # lower ribs: bony arcs in the lateral wall of the upper slices
+    # lower ribs run obliquely, so an axial slice cuts each one as a few short arcs
+    # in the lateral wall of the upper slices
     ring = frame.superellipse(fat + 0.2 * muscle, 0.0) & ~frame.superellipse(fat + 0.8 * muscle, 0.0)
-    ang = np.arctan2(frame.y[None, :, None], np.abs(frame.x[None, None, :]))  # 0 = lateral
+    ang = np.rad2deg(np.arctan2(frame.y[None, :, None], np.abs(frame.x[None, None, :])))  # 0 = lateral
+    full = (slice(None),) * 3
     for d0 in np.arange(rng.uniform(0, 20), 110.0, rng.uniform(26.0, 32.0)):
-        band = (np.abs(frame.d - d0) < 6.0)[:, None, None]
-        arc = (ang > np.deg2rad(-60)) & (ang < np.deg2rad(40))
-        _paint(tissue, organ, (slice(None),) * 3, ring & band & arc, _BONE)
+        band = (np.abs(frame.d - d0) < 5.0)[:, None, None]
+        for a0 in rng.uniform(-55.0, 35.0, size=2):
+            arc = np.abs(ang - a0) < rng.uniform(8.0, 14.0)
+            _paint(tissue, organ, full, ring & band & arc, _BONE)
 
 
 def _organ_jitter(rng, p, centre, semi, theta):
@@ -318,9 +323,9 @@ def _paint_liver(frame, tissue, organ, rng, p):
     bs = frame.body_scale
     can_take = (_VFAT, _BOWEL, _GAS, _LUNG, _STOMACH)
     parts = [  # right lobe, left lobe crossing the midline anteriorly, caudate
-        ((-58 * bs, 0.0, 78.0), (66 * bs, 70 * bs, 68.0), np.deg2rad(-15)),
-        ((8 * bs, -45 * bs, 55.0), (55 * bs, 26 * bs, 36.0), np.deg2rad(10)),
-        ((-14 * bs, 14 * bs, 68.0), (18 * bs, 20 * bs, 28.0), 0.0),
+        ((-58 * bs, 0.0, 90.0), (66 * bs, 70 * bs, 68.0), np.deg2rad(-15)),
+        ((8 * bs, -45 * bs, 65.0), (55 * bs, 26 * bs, 36.0), np.deg2rad(10)),
+        ((-14 * bs, 14 * bs, 80.0), (18 * bs, 20 * bs, 28.0), 0.0),
     ]
     shift = (_jit(rng, p["position_mm"]), _jit(rng, p["position_mm"]), _jit(rng, p["position_mm"]))
     scale = 1.0 + _jit(rng, p["size_jitter"])
@@ -336,7 +341,7 @@ def _paint_liver(frame, tissue, organ, rng, p):
 def _paint_hepatic_vessels(frame, tissue, organ, rng, shift):
     # a few enhancing branches radiating from the hilum: texture that is not noise
     bs = frame.body_scale
-    hilum = np.array([-25 * bs + shift[0], 5 * bs + shift[1], 75.0 + shift[2]])
+    hilum = np.array([-25 * bs + shift[0], 5 * bs + shift[1], 87.0 + shift[2]])
     for _ in range(int(rng.integers(4, 7))):
         direction = np.array([rng.uniform(-1.0, 0.3), rng.uniform(-0.6, 0.6), rng.uniform(-0.9, 0.5)])
         end = hilum + direction / np.linalg.norm(direction) * rng.uniform(50, 85)
@@ -356,12 +361,13 @@ def _segment_distance(frame, sl, a, b):
 
 def _paint_spleen(frame, tissue, organ, rng, p):
     bs = frame.body_scale
-    c, s, th = _organ_jitter(rng, p, (84 * bs, 38 * bs, 70.0), (22 * bs, 50 * bs, 46.0), np.deg2rad(48))
+    centre = (0.74 * frame.cav_a, 0.5 * frame.cav_bp, 62.0)
+    c, s, th = _organ_jitter(rng, p, centre, (24 * bs, 54 * bs, 48.0), np.deg2rad(48))
     sl, m = _blob(frame, c, s, th, lobes=_lobes(rng, 2, 0.06))
     # concave hilum: remove an ellipsoid on the medial-anterior side (crescent section)
-    medial = (c[0] - 30 * np.cos(th), c[1] - 30 * np.sin(th), c[2])
+    medial = (c[0] - 1.4 * s[0] * np.cos(th), c[1] - 1.4 * s[0] * np.sin(th), c[2])
     qx, qy, qd = frame.local(sl, medial, th)
-    m &= (qx / (s[0] * 0.9)) ** 2 + (qy / (s[1] * 0.55)) ** 2 + (qd / (s[2] * 0.6)) ** 2 > 1
+    m &= (qx / (s[0] * 0.75)) ** 2 + (qy / (s[1] * 0.5)) ** 2 + (qd / (s[2] * 0.6)) ** 2 > 1
     can_take = (_VFAT, _BOWEL, _GAS, _LUNG, _STOMACH, _LIVER_T, _VESSEL)
     _paint(tissue, organ, sl, m & frame.cavity[sl], _SPLEEN_T, _SPLEEN, where=can_take)
 
@@ -428,9 +434,11 @@ def _intensities(tissue, rng, p):
     tex = np.zeros(n, np.float32)
     for code, (m, t) in _TISSUES.items():
         mean[code], tex[code] = m + _jit(rng, 0.05 * abs(m) if code != _AIR else 0.0), t
-    # contrast timing moves liver and spleen together: they stay within ~12 HU
+    # contrast timing moves liver and spleen together; the spleen is drawn a little
+    # brighter because partial volume with fat darkens its thin crescent more than the
+    # liver, whose mean the enhancing vessels raise: measured means stay within ~12 HU
     liver = rng.uniform(55.0, 68.0)
-    mean[_LIVER_T], mean[_SPLEEN_T] = liver, liver + rng.uniform(-10.0, 3.0)
+    mean[_LIVER_T], mean[_SPLEEN_T] = liver, liver + rng.uniform(0.0, 8.0)
     mean[_CORTEX] = rng.uniform(150.0, 190.0)
     smooth = ndimage.gaussian_filter(rng.standard_normal(tissue.shape, dtype=np.float32), (0.7, 1.5, 1.5))
     smooth /= max(float(smooth.std()), 1e-6)

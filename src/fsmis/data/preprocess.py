@@ -1,136 +1,148 @@
-"""Resampling and intensity handling per modality, as the SSL-ALPNet reference
-(``data/SABS/*.ipynb``, ``data/CHAOST2/image_normalize.ipynb``) does it, with the
-output size as a parameter.
+"""Per-modality resampling and intensity handling, as in the SSL-ALPNet reference
+(ssl_alpnet.md §3.1) with the in-plane output size as a parameter.
 
-CT: clip to the window (-125..275 HU), min-max the clipped volume to 0..255 (equal to
-the fixed window mapping whenever the scan reaches both window ends, as real CT
-does), crop ``border_crop`` of the field of view on each in-plane side (the
-reference's 32 of 512 px), resample in-plane (linear) to exactly
-``image_size x image_size`` (the reference makes 257x257 and later crops [:256]),
-slices untouched.
+CT: clip to ``ct_window``, min-max the clipped volume to 0..255, drop
+``border_crop`` of the field of view on each in-plane side, resample in-plane
+(linear) to exactly ``image_size`` x ``image_size``; slices are untouched.
+MR: clip above the ``mr_clip_percentile``, resample to ``mr_spacing`` (linear), centre
+crop/pad in-plane to ``image_size`` (image padded with its minimum, label with 0).
 
-MR: clip above the ``mr_clip_percentile`` (99.5), resample to ``mr_spacing``
-(1.25 x 1.25 x 7.7 mm), centre crop or pad in-plane to ``image_size`` (pad with the
-volume minimum, label 0).
-
-Labels: each class is resampled as a binary float volume (linear) and rounded; later
-(higher) classes overwrite earlier ones, as the reference. No value that is not in
-the input can appear. The output grid is physically consistent with the input:
-spacing, origin and direction describe where each output voxel lies.
+Every output grid is built explicitly (size, spacing, origin, direction) so the
+result stays physically registered with the input: a voxel's physical position
+means the same thing before and after.
 """
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import SimpleITK as sitk
 
-
-def _resample(img: sitk.Image, size, spacing, origin, interpolator, default=0.0, pixel=sitk.sitkFloat32):
-    return sitk.Resample(img, [int(s) for s in size], sitk.Transform(), interpolator, tuple(origin),
-                         tuple(float(s) for s in spacing), img.GetDirection(), float(default), pixel)
+DEFAULTS = {"image_size": 256, "ct_window": [-125.0, 275.0], "border_crop": 32 / 512,
+            "mr_clip_percentile": 99.5, "mr_spacing": [1.25, 1.25, 7.7]}
 
 
-def _resample_label(label: sitk.Image, size, spacing, origin) -> sitk.Image:
-    arr = sitk.GetArrayFromImage(label)
-    out = None
-    for cid in sorted(int(v) for v in np.unique(arr) if v != 0):
-        one = sitk.GetImageFromArray((arr == cid).astype(np.float32))
-        one.CopyInformation(label)
-        res = sitk.GetArrayFromImage(_resample(one, size, spacing, origin, sitk.sitkLinear))
-        if out is None:
-            out = np.zeros(res.shape, np.uint8)
-        out[np.rint(res) >= 1] = cid
-    if out is None:
-        out = np.zeros((int(size[2]), int(size[1]), int(size[0])), np.uint8)
-    img = sitk.GetImageFromArray(out)
-    img.SetSpacing(tuple(float(s) for s in spacing))
-    img.SetOrigin(tuple(origin))
-    img.SetDirection(label.GetDirection())
-    return img
-
-
-def _origin_for(img: sitk.Image, start_index) -> tuple:
-    """Physical point of a (continuous) index of ``img``."""
-    return img.TransformContinuousIndexToPhysicalPoint(tuple(float(i) for i in start_index))
-
-
-def ct_grid(img: sitk.Image, image_size: int, border_crop: float):
-    """Output (size, spacing, origin) of the CT in-plane crop + resample."""
-    (nx, ny, nz), (sx, sy, sz) = img.GetSize(), img.GetSpacing()
-    cx, cy = int(round(nx * border_crop)), int(round(ny * border_crop))
-    wx, wy = nx - 2 * cx, ny - 2 * cy
-    fx, fy = wx / image_size, wy / image_size  # input pixels per output pixel
-    # first output voxel centre, in continuous input index: crop edge + half an output voxel
-    origin = _origin_for(img, (cx - 0.5 + 0.5 * fx, cy - 0.5 + 0.5 * fy, 0.0))
-    return (image_size, image_size, nz), (sx * fx, sy * fy, sz), origin
-
-
-def preprocess_ct(image, label, params):
-    lo, hi = params["ct_window"]
-    arr = np.clip(sitk.GetArrayFromImage(image).astype(np.float32), lo, hi)
-    vmin, vmax = float(arr.min()), float(arr.max())
-    arr = (arr - vmin) / max(vmax - vmin, 1e-6) * 255.0
-    scaled = sitk.GetImageFromArray(arr)
-    scaled.CopyInformation(image)
-    size, spacing, origin = ct_grid(image, int(params["image_size"]), float(params["border_crop"]))
-    return (_resample(scaled, size, spacing, origin, sitk.sitkLinear),
-            _resample_label(label, size, spacing, origin))
-
-
-def _crop_pad(arr: np.ndarray, size: int, fill) -> tuple[np.ndarray, int, int]:
-    """Centre crop/pad the last two axes to ``size``; returns the array and the input
-    index of output (y=0, x=0) (negative when padded)."""
-    z, h, w = arr.shape
-    out = np.full((z, size, size), fill, arr.dtype)
-    y0, x0 = (h - size) // 2, (w - size) // 2
-    ys, xs = max(y0, 0), max(x0, 0)
-    ye, xe = min(y0 + size, h), min(x0 + size, w)
-    out[:, ys - y0:ye - y0, xs - x0:xe - x0] = arr[:, ys:ye, xs:xe]
-    return out, y0, x0
-
-
-def preprocess_mr(image, label, params):
-    arr = sitk.GetArrayFromImage(image).astype(np.float32)
-    arr = np.minimum(arr, np.percentile(arr, params["mr_clip_percentile"]))
-    clipped = sitk.GetImageFromArray(arr)
-    clipped.CopyInformation(image)
-    spacing = tuple(float(s) for s in params["mr_spacing"])
-    size = [max(1, int(round(n * s / t))) for n, s, t in zip(image.GetSize(), image.GetSpacing(), spacing)]
-    # keep the physical extent: first output centre half an output voxel inside the input edge
-    start = [-0.5 + 0.5 * t / s for s, t in zip(image.GetSpacing(), spacing)]
-    origin = _origin_for(image, start)
-    img = _resample(clipped, size, spacing, origin, sitk.sitkLinear)
-    lab = _resample_label(label, size, spacing, origin)
-    n = int(params["image_size"])
-    a = sitk.GetArrayFromImage(img)
-    a2, y0, x0 = _crop_pad(a, n, a.min())
-    l2, _, _ = _crop_pad(sitk.GetArrayFromImage(lab), n, 0)
-    new_origin = img.TransformContinuousIndexToPhysicalPoint((float(x0), float(y0), 0.0))
-    out = []
-    for arr2 in (a2, l2):
-        o = sitk.GetImageFromArray(arr2)
-        o.SetSpacing(spacing)
-        o.SetOrigin(new_origin)
-        o.SetDirection(image.GetDirection())
-        out.append(o)
-    return out[0], out[1]
+class Grid(NamedTuple):
+    size: tuple  # (x, y, z) voxels
+    spacing: tuple  # (x, y, z) mm
+    origin: tuple  # physical centre of voxel (0, 0, 0)
+    direction: tuple
 
 
 def preprocess_case(image: sitk.Image, label: sitk.Image, modality: str, params: dict):
-    """Returns ``(image float32, label uint8)`` SimpleITK images on the new grid."""
+    """Return ``(image float32 on the 0..255 (CT) or clipped (MR) scale, label uint8)``."""
+    p = {**DEFAULTS, **params}
     if modality == "CT":
-        return preprocess_ct(image, label, params)
-    if modality == "MR":
-        return preprocess_mr(image, label, params)
-    raise ValueError(f"unknown modality {modality!r} (expected CT or MR)")
+        values = ct_intensity(sitk.GetArrayFromImage(image), p["ct_window"])
+        grid = ct_grid(image, int(p["image_size"]), float(p["border_crop"]))
+        default = 0.0
+    elif modality == "MR":
+        values = mr_intensity(sitk.GetArrayFromImage(image), float(p["mr_clip_percentile"]))
+        grid = mr_grid(image, p["mr_spacing"], int(p["image_size"]))
+        default = float(values.min())  # padding takes the volume minimum, as the reference
+    else:
+        raise ValueError(f"unknown modality {modality!r} (expected CT or MR)")
+    scaled = sitk.GetImageFromArray(values)
+    scaled.CopyInformation(image)
+    return resample(scaled, grid, sitk.sitkLinear, default), resample_label(label, grid)
 
 
-def slice_index(labels: dict, class_ids: dict) -> dict:
-    """``{class: {case: [z, ...]}}``: the axial slices of each case containing each class
-    (the reference's ``classmap_1.json``)."""
-    out = {name: {} for name in class_ids}
+def ct_intensity(arr: np.ndarray, window) -> np.ndarray:
+    """Clip to the window, then min-max the *clipped volume* to 0..255 (the reference's
+    per-volume scaling). A scan that reaches both window ends, as any real abdominal CT
+    does (air and bone), gets exactly the fixed mapping lo -> 0, hi -> 255."""
+    lo, hi = float(window[0]), float(window[1])
+    a = np.clip(arr.astype(np.float32), lo, hi)
+    vmin, vmax = float(a.min()), float(a.max())
+    if vmax <= vmin:  # constant volume: nothing to scale
+        return np.zeros_like(a)
+    return ((a - vmin) * np.float32(255.0 / (vmax - vmin))).astype(np.float32)
+
+
+def mr_intensity(arr: np.ndarray, percentile: float) -> np.ndarray:
+    a = arr.astype(np.float32)
+    return np.minimum(a, np.float32(np.percentile(a, percentile)))
+
+
+def ct_grid(image: sitk.Image, image_size: int, border_crop: float) -> Grid:
+    """Grid covering the border-cropped field of view with ``image_size`` px a side.
+
+    The crop region runs from the outer edge of voxel ``c`` to the outer edge of voxel
+    ``n - c - 1``; the output voxels tile exactly that extent (spacing = extent / size),
+    so the first output centre sits half an *output* voxel inside the crop edge.
+    The reference instead keeps a ratio of 1.75 and gets 257 px, cropping to 256 later;
+    resampling to exactly ``image_size`` keeps the whole cropped extent. The array is not
+    cut: the output grid covers only the cropped region, and voxels just outside it
+    serve at most as interpolation neighbours of the outermost output voxels.
+    """
+    (nx, ny, nz), (sx, sy, sz) = image.GetSize(), image.GetSpacing()
+    new_spacing, start = [], []
+    for n, s in ((nx, sx), (ny, sy)):
+        c = int(round(n * border_crop))
+        if n - 2 * c < 1:
+            raise ValueError(f"border_crop {border_crop} leaves nothing of a {n} px side")
+        t = (n - 2 * c) * s / image_size
+        new_spacing.append(t)
+        start.append(c - 0.5 + 0.5 * t / s)  # continuous input index of the first output centre
+    new_size, new_spacing, start = (image_size, image_size, nz), (*new_spacing, sz), (*start, 0.0)
+    origin = image.TransformContinuousIndexToPhysicalPoint(start)
+    return Grid(tuple(new_size), tuple(new_spacing), tuple(origin), image.GetDirection())
+
+
+def mr_grid(image: sitk.Image, target_spacing, image_size: int) -> Grid:
+    """``target_spacing`` grid over the input's extent, then centre-cropped/padded in-plane.
+
+    Cropping or padding a regular grid is just a shifted start index, so it is folded
+    into the one resampling: voxels outside the input take the padding value.
+    """
+    size, spacing = image.GetSize(), image.GetSpacing()
+    new_size, start = [], []
+    for axis in range(3):
+        n, s, t = size[axis], spacing[axis], float(target_spacing[axis])
+        m = max(1, int(round(n * s / t)))  # resampled count, centred on the input extent
+        first = -0.5 + (n * s - m * t) / (2 * s) + 0.5 * t / s
+        if axis < 2:  # centre crop (offset > 0) or pad (offset < 0) to image_size
+            offset = (m - image_size) // 2 if m >= image_size else -((image_size - m) // 2)
+            first += offset * t / s
+            m = image_size
+        new_size.append(m), start.append(first)
+    origin = image.TransformContinuousIndexToPhysicalPoint(start)
+    new_spacing = tuple(float(t) for t in target_spacing)
+    return Grid(tuple(new_size), new_spacing, tuple(origin), image.GetDirection())
+
+
+def resample(image: sitk.Image, grid: Grid, interpolator, default: float = 0.0) -> sitk.Image:
+    return sitk.Resample(image, [int(v) for v in grid.size], sitk.Transform(), interpolator,
+                         grid.origin, grid.spacing, grid.direction, float(default), sitk.sitkFloat32)
+
+
+def resample_label(label: sitk.Image, grid: Grid) -> sitk.Image:
+    """Each class as a binary float volume, linear, rounded; later (higher) classes
+    overwrite earlier ones, as the reference. Only input values can come out."""
+    arr = sitk.GetArrayViewFromImage(label)
+    out = np.zeros(tuple(int(v) for v in grid.size[::-1]), np.uint8)
+    for value in np.unique(arr):
+        if value == 0:
+            continue
+        one = sitk.GetImageFromArray((arr == value).astype(np.float32))
+        one.CopyInformation(label)
+        res = sitk.GetArrayFromImage(resample(one, grid, sitk.sitkLinear))  # a view would outlive its image
+        out[np.rint(res) == 1] = int(value)
+    img = sitk.GetImageFromArray(out)
+    img.SetOrigin(grid.origin)
+    img.SetSpacing(grid.spacing)
+    img.SetDirection(grid.direction)
+    return img
+
+
+def slice_index(labels: dict[str, np.ndarray], class_ids: dict[str, int]) -> dict:
+    """``{class_name: {case: [z, ...]}}``: sorted axial slices (array axis 0) holding at
+    least one voxel of the class; every case appears, with ``[]`` where the class is
+    absent (the reference's ``classmap_1.json``)."""
+    index = {name: {} for name in class_ids}
     for case, arr in labels.items():
-        per_slice = arr.reshape(arr.shape[0], -1)
+        flat = np.asarray(arr).reshape(arr.shape[0], -1)
         for name, cid in class_ids.items():
-            out[name][case] = np.flatnonzero((per_slice == cid).any(axis=1)).tolist()
-    return out
+            index[name][case] = [int(z) for z in np.flatnonzero((flat == cid).any(axis=1))]
+    return index

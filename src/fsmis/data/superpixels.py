@@ -1,23 +1,24 @@
-"""Superpixel pseudo-labels for self-supervised training (SSL-ALPNet
-``data/pseudolabel_gen.ipynb``).
+"""Superpixel pseudo-labels for self-supervised episodes (ssl_alpnet.md §3.2).
 
-Per axial slice: ``skimage.segmentation.felzenszwalb(scale=1, sigma=1, min_size)``
-on the preprocessed intensities (CT 0..255, MR clipped raw scale: with skimage's
-k = scale/255 the region size is effectively set by ``min_size``); a body mask
-(CT > 1e-4, MR > 50.0001; largest connected component; holes filled); superpixels
-outside the body set to 0 and the rest renumbered 1..K per slice.
+Per axial slice of a preprocessed volume: ``skimage.segmentation.felzenszwalb`` with
+``scale`` 1, ``sigma`` 1 and ``min_size`` 400 on the stored intensities (CT 0..255;
+skimage's k = scale/255 makes the merge threshold tiny, so segment size is set by
+``min_size``), restricted to a body mask (threshold, largest connected component,
+holes filled), 0 outside it.
 
-``min_size`` (400 in the reference) is given for a 256x256 slice and scaled by the
-slice area, so a smaller demo slice gets superpixels of the same size relative to
-the anatomy; at 256x256 it is the reference value.
+``min_size`` is defined for a 256x256 slice and scaled by the slice area, so a smaller
+demo slice keeps superpixels of the same size relative to the anatomy; at 256x256 it is
+exactly the reference value.
 
-The reference renumbering drops the segment skimage numbered 0, keeps ids of
-segments that lie outside the body, and renumbers the largest id once more, leaving
-gaps (ssl_alpnet.md §7.1); here ids are consecutive, by one ``np.unique`` pass.
+Ids are consecutive 1..K per slice. The reference's renumbering drops the segment
+skimage numbered 0 (which can lie inside the body), keeps ids of segments outside the
+mask and leaves a gap at the top (ssl_alpnet.md §7.1); one ``np.unique`` pass here
+keeps every in-body segment and leaves no gaps.
 """
 
 from __future__ import annotations
 
+import multiprocessing
 from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
@@ -25,58 +26,85 @@ from scipy import ndimage
 from skimage.segmentation import felzenszwalb
 
 REFERENCE_AREA = 256 * 256
-BODY_THRESHOLD = {"CT": 1e-4, "MR": 50.0001}
+DEFAULTS = {"scale": 1.0, "sigma": 1.0, "min_size": 400,
+            "ct_body_threshold": 1e-4,  # 0..255 scale: above the window's lower bound
+            "mr_body_threshold": 50.0001}
 
 
-def body_mask(slice_: np.ndarray, threshold: float) -> np.ndarray:
-    mask = slice_ > threshold
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask
-    sizes = np.bincount(labels.ravel())
-    sizes[0] = 0
-    return ndimage.binary_fill_holes(labels == sizes.argmax())
+def compute(image: np.ndarray, modality: str, params: dict, workers: int = 1) -> np.ndarray:
+    """``image`` (z, y, x) -> int32 superpixels: ids 1..K per slice, 0 outside the body.
+
+    ``workers > 1`` spreads slices over processes; the result is identical to one worker.
+    """
+    p = {**DEFAULTS, **params}
+    if modality not in ("CT", "MR"):
+        raise ValueError(f"unknown modality {modality!r} (expected CT or MR)")
+    image = np.asarray(image)
+    if image.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) volume, got shape {image.shape}")
+    opts = {"threshold": float(p["ct_body_threshold" if modality == "CT" else "mr_body_threshold"]),
+            "scale": float(p["scale"]), "sigma": float(p["sigma"]),
+            "min_size": scaled_min_size(p, image.shape[1:])}
+    workers = max(1, min(int(workers), image.shape[0]))
+    if workers == 1:
+        return _segment_block(image, opts)
+    # a few blocks per worker balance slices with more or less body in them
+    blocks = np.array_split(image, min(image.shape[0], 4 * workers))
+    with ProcessPoolExecutor(workers, mp_context=_context()) as pool:
+        parts = list(pool.map(_segment_block, blocks, [opts] * len(blocks)))
+    return np.concatenate(parts).astype(np.int32, copy=False)
+
+
+def _context():
+    """Fork where the platform has it. spawn/forkserver re-import the caller's main
+    script in every worker, which re-runs an unguarded Snakemake ``script:`` job; the
+    forked workers only run numpy/scipy/skimage on the slices they are sent, touch no
+    inherited locks or files, and return arrays, so inheriting the parent is harmless.
+    Python >= 3.12 may warn about forking a process that has threads (e.g. ITK's pool)."""
+    methods = multiprocessing.get_all_start_methods()
+    return multiprocessing.get_context("fork" if "fork" in methods else "spawn")
 
 
 def scaled_min_size(params: dict, shape) -> int:
-    return max(1, int(round(params["min_size"] * (shape[0] * shape[1]) / REFERENCE_AREA)))
+    """``min_size`` scaled from a 256x256 slice to a ``shape`` (y, x) slice."""
+    return max(1, int(round(float(params["min_size"]) * shape[0] * shape[1] / REFERENCE_AREA)))
+
+
+def body_mask(slice_: np.ndarray, threshold: float) -> np.ndarray:
+    """Largest connected component above ``threshold``, holes filled; may be empty."""
+    labels, n = ndimage.label(slice_ > threshold)
+    if n == 0:
+        return np.zeros(slice_.shape, bool)
+    sizes = np.bincount(labels.ravel())
+    sizes[0] = 0
+    return ndimage.binary_fill_holes(labels == np.argmax(sizes))
 
 
 def segment_slice(slice_: np.ndarray, threshold: float, scale: float, sigma: float, min_size: int) -> np.ndarray:
     mask = body_mask(slice_, threshold)
     if not mask.any():
         return np.zeros(slice_.shape, np.int32)
-    seg = felzenszwalb(slice_.astype(np.float64), scale=scale, sigma=sigma, min_size=min_size)
-    seg = np.where(mask, seg + 1, 0)
-    _, inverse = np.unique(seg, return_inverse=True)  # 0 stays 0: it is the smallest value
-    return inverse.reshape(slice_.shape).astype(np.int32)
+    seg = felzenszwalb(slice_.astype(np.float64), scale=scale, sigma=sigma, min_size=min_size, channel_axis=None)
+    # shift so skimage's segment 0 survives, zero outside the body, then one unique pass:
+    # 0 sorts first and keeps id 0 whenever there is background, the rest become 1..K
+    seg = np.where(mask, seg.astype(np.int64) + 1, 0)
+    values, inverse = np.unique(seg, return_inverse=True)
+    ids = inverse.reshape(seg.shape)
+    if values[0] != 0:  # the body fills the slice: no background id to skip
+        ids += 1
+    return ids.astype(np.int32)
 
 
-def _segment_block(args):
-    block, threshold, scale, sigma, min_size = args
-    return np.stack([segment_slice(s, threshold, scale, sigma, min_size) for s in block])
-
-
-def compute(image: np.ndarray, modality: str, params: dict, workers: int = 1) -> np.ndarray:
-    """``image (z, y, x)`` -> int32 superpixels, ids 1..K per slice, 0 outside the body."""
-    if modality not in BODY_THRESHOLD:
-        raise ValueError(f"unknown modality {modality!r} (expected CT or MR)")
-    opts = (BODY_THRESHOLD[modality], float(params["scale"]), float(params["sigma"]),
-            scaled_min_size(params, image.shape[1:]))
-    workers = max(1, min(int(workers), image.shape[0]))
-    if workers == 1:
-        return _segment_block((image, *opts))
-    blocks = np.array_split(image, workers)  # contiguous slice blocks, one per process
-    with ProcessPoolExecutor(max_workers=workers) as pool:
-        return np.concatenate(list(pool.map(_segment_block, [(b, *opts) for b in blocks])))
+def _segment_block(block: np.ndarray, opts: dict) -> np.ndarray:
+    return np.stack([segment_slice(s, **opts) for s in block]).astype(np.int32)
 
 
 def summary(sp: np.ndarray) -> dict:
-    """Counts for the log: slices, superpixels, mean per slice, median size (px)."""
-    per_slice = sp.reshape(sp.shape[0], -1).max(axis=1)
-    # one key per (slice, id) so equal ids on different slices count apart
-    keys = (np.arange(sp.shape[0])[:, None, None] * (int(per_slice.max()) + 1) + sp)[sp > 0]
-    sizes = np.bincount(keys)
-    sizes = sizes[sizes > 0] if keys.size else np.array([0])
+    """For the job log: slices, total superpixels, mean per slice, median size (px)."""
+    per_slice = sp.reshape(sp.shape[0], -1).max(axis=1).astype(np.int64)
+    sizes = [np.bincount(s.ravel())[1:] for s in sp]
+    sizes = np.concatenate(sizes) if sizes else np.zeros(0, np.int64)
+    sizes = sizes[sizes > 0]
     return {"n_slices": int(sp.shape[0]), "superpixels": int(per_slice.sum()),
-            "per_slice_mean": float(per_slice.mean()), "median_size_px": float(np.median(sizes))}
+            "per_slice_mean": float(per_slice.mean()) if per_slice.size else 0.0,
+            "median_size_px": float(np.median(sizes)) if sizes.size else 0.0}
