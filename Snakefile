@@ -15,7 +15,7 @@
 #   results/{exp}/{method}/setting{setting}/fold{fold}/          train, evaluate
 #   results/{exp}/report/                                        report
 #   results/mlflow/                                              MLflow store
-#   logs/{rule}/..., benchmarks/{rule}/...
+#   logs/{rule}/..., results/benchmarks/{rule}/...
 
 import os
 

@@ -177,7 +177,9 @@ def test_schema_fills_paper_defaults_into_a_minimal_config():
     assert train["augment"]["zoom"] == [0.9, 1.2]  # nested two levels down
     assert cfg["method_params"]["ssl_alpnet"]["threshold"] == 0.95
     assert cfg["method_params"]["panet"]["scale"] == 20.0
-    assert cfg["evaluate"] == {"protocols": ["oracle"], "n_parts": 3}
+    assert cfg["evaluate"] == {"protocols": ["oracle"], "n_parts": 3, "nsd_tolerance_mm": 2.0}
+    assert cfg["method_params"]["ssl_alpnet"]["empty_bg"] == "global"
+    assert train["superpixel_sampling"] == "uniform"
 
 
 def test_demo_config_overrides_only_what_it_lists():

@@ -17,7 +17,7 @@ rule evaluate:
     log:
         "logs/evaluate/{exp}/{method}/setting{setting}/fold{fold}.log",
     benchmark:
-        "benchmarks/evaluate/{exp}/{method}/setting{setting}/fold{fold}.tsv"
+        "results/benchmarks/evaluate/{exp}/{method}/setting{setting}/fold{fold}.tsv"
     wildcard_constraints:
         method="|".join(TRAINABLE + ["mask_transfer"]),
     conda:
@@ -27,6 +27,7 @@ rule evaluate:
     # box give more with --set-threads train=8; on a GPU it hardly matters.
     threads: 1
     resources:
+        cpu_jobs=1,
         gpu=evaluate_gpu,
     params:
         seed=lookup(dpath="seed", within=config),

@@ -9,7 +9,7 @@ rule generate_phantom:
     log:
         "logs/generate_phantom/phantom.log",
     benchmark:
-        "benchmarks/generate_phantom/phantom.tsv"
+        "results/benchmarks/generate_phantom/phantom.tsv"
     conda:
         "../../envs/fsmis.yaml"
     params:

@@ -31,7 +31,7 @@ rule preprocess:
     log:
         "logs/preprocess/{ds}/{case}.log",
     benchmark:
-        "benchmarks/preprocess/{ds}/{case}.tsv"
+        "results/benchmarks/preprocess/{ds}/{case}.tsv"
     conda:
         "../../envs/fsmis.yaml"
     params:

@@ -9,7 +9,7 @@ rule superpixels:
     log:
         "logs/superpixels/{ds}/{case}.log",
     benchmark:
-        "benchmarks/superpixels/{ds}/{case}.tsv"
+        "results/benchmarks/superpixels/{ds}/{case}.tsv"
     conda:
         "../../envs/fsmis.yaml"
     threads: 2

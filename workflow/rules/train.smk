@@ -18,7 +18,7 @@ rule train:
     log:
         "logs/train/{exp}/{method}/setting{setting}/fold{fold}.log",
     benchmark:
-        "benchmarks/train/{exp}/{method}/setting{setting}/fold{fold}.tsv"
+        "results/benchmarks/train/{exp}/{method}/setting{setting}/fold{fold}.tsv"
     wildcard_constraints:
         method="|".join(TRAINABLE),
     conda:
@@ -28,6 +28,7 @@ rule train:
     # box give more with --set-threads train=8; on a GPU it hardly matters.
     threads: 1
     resources:
+        cpu_jobs=1,
         # A scheduling token: local runs honour it only with a global limit
         # (workflow/profiles/gpu); the SLURM profile turns it into --gpus.
         gpu=1,
