@@ -90,11 +90,44 @@ def test_second_invocation_runs_nothing(run):
     assert "Nothing to be done" in again.stdout + again.stderr
 
 
-def test_corrupt_raw_image_stops_with_the_file_named(run):
+def _corrupt(path):
+    path.write_bytes(b"\x1f\x8b garbage")
+
+
+def _shift_spacing(path):
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path))
+    img.SetSpacing(tuple(s * 1.5 for s in img.GetSpacing()))
+    sitk.WriteImage(img, str(path))
+
+
+def _unknown_label(path):
+    import numpy as np
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(path))
+    arr = sitk.GetArrayFromImage(img)
+    arr[0, :2, :2] = 9
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    sitk.WriteImage(out, str(path))
+
+
+@pytest.mark.parametrize("damage,name,message", [
+    (_corrupt, "phantom_002_image.nii.gz", "not a readable image"),
+    (_shift_spacing, "phantom_001_label.nii.gz", "geometry differs from its image"),
+    (_unknown_label, "phantom_003_label.nii.gz", "unknown label values [9]"),
+])
+def test_bad_raw_input_stops_with_the_file_and_problem_named(run, damage, name, message):
     wd, _ = run
-    bad = wd / "resources" / "phantom" / "raw" / "phantom_002_image.nii.gz"
-    bad.write_bytes(b"\x1f\x8b garbage")
-    result = snakemake(wd, "results/data/phantom/cases.tsv", "--forcerun", "canonical", "--show-failed-logs")
+    path = wd / "resources" / "phantom" / "raw" / name
+    original = path.read_bytes()
+    damage(path)
+    try:
+        result = snakemake(wd, "results/data/phantom/cases.tsv", "--forcerun", "canonical", "--show-failed-logs")
+    finally:
+        path.write_bytes(original)
     out = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "phantom_002_image.nii.gz" in out and "corrupt" in out
+    assert name in out and message in out, out[-3000:]

@@ -15,5 +15,6 @@ rule generate_phantom:
     params:
         dataset=lookup(dpath="dataset", within=config),
         cases=CASES,
+        generator=source_digest("fsmis/data/phantom.py"),
     script:
         "../scripts/generate_phantom.py"

