@@ -103,3 +103,12 @@ def test_cached_prediction_equals_forward_in_eval():
 def test_registry_rejects_unknown_method():
     with pytest.raises(ValueError, match="unknown method"):
         registry.build("nope", {"backbone": "small_cnn"})
+
+
+def test_resolve_variants_and_untrained():
+    cfg = {"method_params": {"ssl_alpnet": {"threshold": 0.95}, "panet": {"scale": 20.0}},
+           "variants": {"panet_cold": {"method": "panet", "params": {"scale": 5.0}}}}
+    assert registry.resolve("panet_cold", cfg) == ("panet", {"scale": 5.0})
+    assert registry.resolve("untrained", cfg) == ("ssl_alpnet", {"threshold": 0.95})
+    assert registry.resolve("panet", cfg) == ("panet", {"scale": 20.0})
+    assert cfg["method_params"]["panet"] == {"scale": 20.0}  # not modified

@@ -205,8 +205,8 @@ def test_demo_config_overrides_only_what_it_lists():
             "'stepz' was unexpected",
         ),
         (
-            {"experiment": "x", "dataset": {"name": "phantom"}, "methods": ["unet"]},
-            "'unet' is not one of",
+            {"experiment": "x", "dataset": {"name": "phantom"}, "methods": ["un-et"]},
+            "does not match",
         ),
         (
             {"experiment": "x", "dataset": {"name": "nowhere"}},
@@ -262,3 +262,22 @@ def test_conda_env_pins_match_requirements():
         if line.strip() and not line.lstrip().startswith("#")
     ]
     assert sorted(pip) == sorted(requirements)
+
+
+def test_unknown_method_is_refused_with_the_known_ones(tmp_path):
+    cfg = tmp_path / "bad.yaml"
+    cfg.write_text(yaml.safe_dump({"experiment": "demo", "methods": ["unet"]}))
+    result = run_snakemake(tmp_path, "--dry-run", "--cores", "1", "--configfile", str(DEMO_CONFIG), str(cfg))
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "['unet'] are neither registered" in out and "variants" in out
+
+
+def test_variants_become_methods_of_their_own(tmp_path):
+    cfg = tmp_path / "ablation.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "experiment": "demo", "methods": ["panet", "panet_cold"], "baselines": [], "folds": [0],
+        "variants": {"panet_cold": {"method": "panet", "params": {"scale": 5.0}}},
+    }))
+    counts = dry_run(tmp_path, "--configfile", str(DEMO_CONFIG), str(cfg))
+    assert counts["train"] == 2 and counts["evaluate"] == 2

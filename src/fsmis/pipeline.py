@@ -155,11 +155,6 @@ def splits(cases_tsv: str, n_folds: int, out: str, tracking: dict) -> None:
 
 # -- training ------------------------------------------------------------------------
 
-def _architecture(method: str) -> str:
-    """The ``untrained`` baseline is SSL-ALPNet's network left at its initialisation."""
-    return "ssl_alpnet" if method == "untrained" else method
-
-
 def _test_classes(config: dict, setting: str) -> list[str]:
     from fsmis.data import sources
 
@@ -170,9 +165,11 @@ def _test_classes(config: dict, setting: str) -> list[str]:
 
 
 def _train_meta(method: str, setting: str, fold: int, config: dict) -> dict:
-    arch = _architecture(method)
+    from fsmis.models import registry
+
+    arch, params = registry.resolve(method, config)
     relevant = {k: config.get(k) for k in ("seed", "model", "train", "preprocess", "superpixels", "dataset")}
-    relevant["method_params"] = config.get("method_params", {}).get(arch, {})
+    relevant["method_params"] = params
     return {"method": method, "architecture": arch, "setting": setting, "fold": fold,
             "model": config["model"], "method_params": relevant["method_params"],
             "config_hash": _config_hash({"method": method, "setting": setting, "fold": fold, **relevant})}

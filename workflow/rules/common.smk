@@ -35,9 +35,10 @@ workflow.global_resources.setdefault("cpu_jobs", os.cpu_count() or 1)
 # preprocessing and superpixels. Grows with the dataset adapters (DESIGN.md section 4).
 DATASET_MODALITY = {"phantom": "CT"}
 
-# Methods with a network to train; `untrained` is the same network after 0 steps.
-# `mask_transfer` has no model and is only evaluated.
-TRAINABLE = ["ssl_alpnet", "panet", "dspnet", "iplsl", "untrained"]
+# Registered methods (src/fsmis/models/registry.py). `untrained` is SSL-ALPNet's
+# network after 0 steps; `mask_transfer` has no model and is only evaluated. Named
+# variants (config `variants`) are trainable too (TRAINABLE, below).
+REGISTERED = ["ssl_alpnet", "panet", "dspnet", "iplsl"]
 
 # Environment variables set by the onstart handler and read by the job scripts (and by
 # fsmis.tracking). Never passed through params/input: their value changes with every
@@ -74,6 +75,12 @@ def check_config(cfg):
         raise WorkflowError(
             f"config: folds {bad} do not exist with n_folds={n_folds} "
             f"(folds are numbered 0..{n_folds - 1})"
+        )
+    unknown = [m for m in cfg["methods"] if m not in REGISTERED and m not in cfg["variants"]]
+    if unknown:
+        raise WorkflowError(
+            f"config: methods {unknown} are neither registered ({', '.join(REGISTERED)}) "
+            "nor defined under `variants`"
         )
     n_cases = len(case_ids(cfg["dataset"]))
     if n_cases < n_folds:
@@ -115,6 +122,7 @@ SETTINGS = config["settings"]
 METHODS = config["methods"]
 BASELINES = config["baselines"]
 PROTOCOLS = config["evaluate"]["protocols"]
+TRAINABLE = REGISTERED + list(config["variants"]) + ["untrained"]
 # Everything that gets a model.pt: the methods, plus `untrained` if asked for.
 TRAINED = METHODS + [b for b in BASELINES if b in TRAINABLE]
 EVALUATED = METHODS + BASELINES
@@ -163,8 +171,14 @@ def model_for_evaluation(wildcards):
 
 
 def method_params(wildcards):
-    """Hyperparameters of the method in the wildcard ({} if it has none)."""
-    return config["method_params"].get(wildcards.method, {})
+    """What the method in the wildcard is built from: its architecture and
+    hyperparameters (a variant's overrides included), so editing them reruns it."""
+    name = wildcards.method
+    variant = config["variants"].get(name)
+    arch = variant["method"] if variant else ("ssl_alpnet" if name == "untrained" else name)
+    params = dict(config["method_params"].get(arch, {}))
+    params.update(variant.get("params", {}) if variant else {})
+    return {"architecture": arch, "params": params}
 
 
 def train_mem_mb(wildcards, attempt):

@@ -18,6 +18,22 @@ METHODS = {
 }
 
 
+def resolve(name: str, config: dict) -> tuple[str, dict]:
+    """``(architecture, constructor keywords)`` of a method name in a workflow config:
+    a registered method, a named variant (``config['variants']``: its ``params``
+    override the method's ``method_params``), or the ``untrained`` baseline
+    (SSL-ALPNet's network)."""
+    variant = config.get("variants", {}).get(name)
+    if variant:
+        arch = variant["method"]
+    else:
+        arch = "ssl_alpnet" if name == "untrained" else name
+    params = dict(config.get("method_params", {}).get(arch, {}))
+    if variant:
+        params.update(variant.get("params", {}))
+    return arch, params
+
+
 def build(method: str, model_cfg: dict, method_params: dict | None = None):
     try:
         cls = METHODS[method]
