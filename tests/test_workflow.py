@@ -281,3 +281,10 @@ def test_variants_become_methods_of_their_own(tmp_path):
     }))
     counts = dry_run(tmp_path, "--configfile", str(DEMO_CONFIG), str(cfg))
     assert counts["train"] == 2 and counts["evaluate"] == 2
+
+
+def test_demo_ablation_preset_runs_dspnet_with_each_part_off(tmp_path):
+    preset = REPO / "workflow" / "presets" / "demo-ablation.yaml"
+    counts = dry_run(tmp_path, "--configfile", str(DEMO_CONFIG), str(preset))
+    # 4 DSPNet rows (full, no RAN, no FSPA, no BCMA) x 5 folds, no baselines
+    assert counts["train"] == 20 and counts["evaluate"] == 20 and counts["report"] == 1

@@ -54,11 +54,14 @@ def local_prototypes(feats: torch.Tensor, mask: torch.Tensor, window: int, thres
 def cosine_scores(query: torch.Tensor, prototypes: torch.Tensor, scale: float) -> torch.Tensor:
     """Scaled cosine similarity of every query position to every prototype.
 
-    ``query [B,C,h,w]``, ``prototypes [K,C]`` -> ``[B,K,h,w]``; implemented as a 1x1
-    convolution of normalised tensors, as the reference does.
+    ``query [B,C,h,w]``, ``prototypes [K,C]`` (shared) or ``[B,K,C]`` (one set per
+    query, e.g. prototypes refined against each query) -> ``[B,K,h,w]``; implemented
+    as a 1x1 convolution of normalised tensors, as the reference does.
     """
     q = safe_normalize(query, dim=1)
-    p = safe_normalize(prototypes, dim=1)
+    p = safe_normalize(prototypes, dim=-1)
+    if p.dim() == 3:
+        return torch.einsum("bchw,bkc->bkhw", q, p.expand(q.shape[0], -1, -1)) * scale
     return torch.einsum("bchw,kc->bkhw", q, p) * scale
 
 

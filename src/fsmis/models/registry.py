@@ -9,12 +9,14 @@ constructor keywords from the config.
 from __future__ import annotations
 
 from fsmis.models import backbones
+from fsmis.models.dspnet import DSPNet
 from fsmis.models.panet import PANet
 from fsmis.models.ssl_alpnet import SSLALPNet
 
 METHODS = {
     "ssl_alpnet": SSLALPNet,
     "panet": PANet,
+    "dspnet": DSPNet,
 }
 
 

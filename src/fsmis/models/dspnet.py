@@ -1,0 +1,326 @@
+"""DSPNet (Tang et al., Medical Image Analysis 2025, "Few-Shot Medical Image
+Segmentation with High-Fidelity Prototypes"; code: github.com/tntek/DSPNet).
+
+DSPNet is SSL-ALPNet plus a detail self-refining (DSR) block that refines the
+support prototypes before the cosine head:
+
+- RAN, resemblance attention: ``F^_s = F_s + F_s softmax_query(cos(F_s, F_q))^T``
+  (paper Eq. 1, the same in the code). No parameters; output has the support's shape.
+- FSPA, foreground semantic prototype attention: cluster the support foreground
+  (seeds from its distance transform, feature + position soft clustering), attend
+  from the support feature to the cluster prototypes and pool the result into the
+  foreground prototype ``P_f``.
+- BCMA, background channel-structural multi-head attention: local (grid) prototypes
+  refined by a per-channel attention over channels, restricted to neighbouring
+  channels (``band``) and weighted by learnable channel weights ``cal``.
+- Head: 20 x cosine, several prototypes of a class merged by soft-max pooling;
+  query loss (weighted CE) by the trainer, support alignment loss below.
+
+The reference dossier is ``shared/reference/dspnet.md`` (paragraphs cited as §).
+Two variants (``variant``) because the code does not compute what the paper says:
+
+``variant="code"`` -- what the public code computes (§3.2-3.5):
+  * RAN feeds only FSPA's attention logits; clustering, BCMA and local prototypes
+    use the raw support feature ``F_s``.
+  * FSPA: centres from clustering raw ``F_s`` (no gradient); logits are raw dot
+    products ``P_c^T F^_s``; softmax over the spatial positions; residual before
+    pooling: ``P_f = MAP(P_c softmax_space(P_c^T F^_s) + F_s)``. With fewer than
+    ``min_clusters`` clusters (a foreground under ~150 cells): the same with the
+    single prototype ``p0 = MAP(F^_s)`` ("MAP-attention").
+  * BCMA on the raw pooled ``F_s``, raw dot-product channel Gram, ``alpha_bg`` for
+    the background prototypes; ALPNet's foreground local prototypes are kept (with
+    BCMA at ``alpha_fg``) next to ``P_f`` whenever a ``fg_switch_window`` cell is
+    covered >= ``threshold`` (ALPNet's 'gridconv+' / 'mask' switch).
+  * The alignment pass (query prediction -> prototypes -> support) always uses the
+    MAP-attention form of FSPA (the reference's ``alignLoss`` branch, §3.6), hence
+    the ``alignment_loss`` override below.
+``variant="paper"`` -- the equations as published (Figs. 2, 4, 5, Eq. 1-2, §3.3-3.4):
+  * RAN output ``F^_s`` feeds FSPA (clustered, attended, pooled) and BCMA.
+  * FSPA: cosine similarity of ``F^_s`` to the cluster prototypes, softmax over the
+    clusters, ``P_f = MAP(P_c softmax_clusters(cos(F^_s, P_c)))``; no residual.
+  * BCMA: cosine channel similarity; background prototypes only.
+  * A single foreground prototype ``P_f``.
+  * The alignment pass uses the same modules as the main pass (Eq. 12).
+
+Guessed where both are silent (paper text for Eqs. 3-10 was not retrievable):
+  * paper: the cluster algorithm, seed rule and constants are the code's; with
+    fewer than ``min_clusters`` clusters the single cluster is ``MAP(F^_s)`` (as
+    ASGNet treats one cluster), so FSPA then returns the masked average; the last
+    clustering update is differentiable in the features (associations fixed);
+    softmax temperatures (``fspa_temperature``, ``bcma_temperature``) are 1, as
+    RAN's; BCMA background selection uses the code's threshold.
+  * both: seeds come from the feature-grid mask binarised at 0.5 (the reference
+    nearest-downsamples the image mask by 8); clustering uses the interior cells
+    (mask == 1), as the reference; the foreground switch window is 4 also at test
+    time (as the reference).
+
+Numerical details (ours, not behaviours): RAN clamps each feature norm at
+``ran_eps`` (the reference adds it to the product of the norms); the clustering
+distance is expanded as ``|x|^2 + |c|^2 - 2 x.c``; gradients below 1e-30 behind
+RAN's softmax are flushed to zero (subnormal numbers slow CPU products ~10x).
+
+What to expect: in the code variant RAN shifts FSPA's logits by a nearly constant
+amount, which the spatial softmax ignores, and the FSPA term is a few percent of
+``P_f`` (§3.2-3.3, §3.7): code-DSPNet is SSL-ALPNet plus a channel filter on the
+local prototypes. RAN costs ``O((hw)^2 C)``: one ``hw x hw x C`` product forward and
+two backward, shared by the main and the alignment pass. With the CPU demo backbone
+(32 x 32 x 64 features) that is about 70% of the backbone's arithmetic, so a
+training step costs well above an SSL-ALPNet step (``benchmarks/train_step.py``);
+``ran_grad=False`` (ours) treats RAN's attention weights as constants in the
+backward (the reference differentiates through them) and saves about a third of the
+difference. With ResNet-101 features the backbone dominates.
+
+Reference defects (§7.2) and what we do:
+  * ``cal`` is not restored from a checkpoint at test time (§7.2 item 8: the
+    module is created after ``load_state_dict(strict=False)``). Ours: ``cal`` is
+    in the state dict and restored (``restore_cal=True``: a saved and reloaded
+    model gives identical logits); ``restore_cal=False`` reproduces the reference
+    (loading resets ``cal`` to its banded initialisation).
+  * ``cal`` is trained at 1e-4 x the learning rate through an optimiser parameter
+    group (§2.1). Ours: its gradient is multiplied by ``cal_lr_scale`` (1e-4), so the
+    shared trainer needs no method-specific groups. Difference: SGD's weight decay
+    shrinks ``cal`` at the full rate, a uniform rescaling of the refined prototypes
+    that the cosine head does not see.
+  * background alpha hard-coded 0.2 while the README's alpha only reaches the
+    foreground (§7.2 item 9): both are named (``alpha_bg``, ``alpha_fg``).
+  * seeds counted with ``nonzero`` on each coordinate (a seed on row 0 or column 0
+    is lost, §7.2 item 10): ``seed_count="exact"`` (default) counts the seeds
+    placed; ``"nonzero"`` reproduces the reference.
+  * GPU-only construction, ``cal`` fixed at 256 x 256, batch 1 (§7.2 item 18): ours
+    runs on the input's device, ``cal`` is ``C x C``, several queries per call.
+  * no background window above the threshold: ``empty_bg`` as in SSL-ALPNet.
+
+Evaluation calls ``support_state`` once per support slice: seed placement,
+clustering (code), pooled local prototypes and BCMA (code) happen there; ``score``
+does RAN and what it feeds. The RAN kernel is computed once per training step and
+shared by the alignment pass (the similarity of query to support is its transpose).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from fsmis.models import prototypes as P
+from fsmis.models.dsr_blocks import (
+    ChannelAttention,
+    ResemblanceKernel,
+    cluster_centres,
+    cluster_count,
+    fspa_code,
+    fspa_paper,
+    place_seeds,
+)
+from fsmis.models.fewshot import FewShotSegmenter
+from fsmis.models.ssl_alpnet import EmptyPrototypeSet
+
+VARIANTS = ("code", "paper")
+SEED_LEVEL = 0.5  # feature-grid mask value from which a cell counts for seed placement
+INTERIOR_LEVEL = 1.0 - 1e-6  # cells clustered: the reference's "mask == 1"
+
+
+class DSPNet(FewShotSegmenter):
+    def __init__(self, backbone, variant="code", ran=True, fspa=True, bcma=True, scale=20.0, threshold=0.95,
+                 train_window=4, test_window=2, fg_switch_window=4, avg_cluster_area=100.0, max_clusters=5,
+                 min_clusters=2, cluster_iters=10, cluster_feat_scale=100.0, cluster_pos_scale=100.0,
+                 seed_count="exact", fspa_temperature=1.0, alpha_fg=0.2, alpha_bg=0.2, bcma_taps=(0.3, 0.8, 0.3),
+                 bcma_temperature=1.0, cal_lr_scale=1e-4, restore_cal=True, ran_eps=1e-5, ran_grad=True,
+                 empty_bg="global", align=True):
+        super().__init__(backbone, align=align)
+        if variant not in VARIANTS:
+            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
+        if seed_count not in ("exact", "nonzero"):
+            raise ValueError(f"seed_count must be 'exact' or 'nonzero', got {seed_count!r}")
+        if empty_bg not in ("global", "raise"):
+            raise ValueError(f"empty_bg must be 'global' or 'raise', got {empty_bg!r}")
+        self.variant = variant
+        self.ran, self.fspa, self.bcma = bool(ran), bool(fspa), bool(bcma)
+        self.scale = float(scale)
+        self.threshold = float(threshold)
+        self.train_window, self.test_window = int(train_window), int(test_window)
+        self.fg_switch_window = int(fg_switch_window)
+        self.avg_cluster_area = float(avg_cluster_area)
+        self.max_clusters, self.min_clusters = int(max_clusters), int(min_clusters)
+        self.cluster_iters = int(cluster_iters)
+        self.cluster_feat_scale, self.cluster_pos_scale = float(cluster_feat_scale), float(cluster_pos_scale)
+        self.seed_count = seed_count
+        self.fspa_temperature = float(fspa_temperature)
+        self.alpha_fg, self.alpha_bg = float(alpha_fg), float(alpha_bg)
+        self.bcma_temperature = float(bcma_temperature)
+        self.ran_eps = float(ran_eps)
+        self.ran_grad = bool(ran_grad)
+        self.empty_bg = empty_bg
+        if self.bcma:
+            self.channel_attention = ChannelAttention(backbone.out_channels, taps=bcma_taps, lr_scale=cal_lr_scale,
+                                                      restore=restore_cal)
+
+    @property
+    def window(self) -> int:
+        return self.train_window if self.training else self.test_window
+
+    # -- support-only work ------------------------------------------------------------
+    def support_state(self, feats, fg, cluster=True):
+        """``feats [1,C,h,w]``, ``fg [1,1,h,w]``; ``cluster=False`` skips FSPA's
+        clustering (the code variant's alignment pass)."""
+        state = {"feats": feats, "mask": fg, "mask_sum": fg.sum(), "window": self.window,
+                 "plan": self._cluster_plan(fg) if (self.fspa and cluster) else None}
+        if self.variant == "code":
+            self._code_support(state)
+        else:
+            state["bg_cells"] = F.avg_pool2d(1.0 - fg, state["window"]).flatten() > self.threshold
+            state["fg_idx"] = torch.nonzero(fg.flatten() > 0).flatten()
+            if not self.ran:  # nothing depends on the query
+                state["protos"] = self._paper_prototypes(feats, state)
+        return state
+
+    def _cluster_plan(self, fg):
+        """Seeds and clustered cells, or ``None`` (fewer than ``min_clusters``)."""
+        binary = fg[0, 0] >= SEED_LEVEL
+        n = cluster_count(int(binary.sum()), self.avg_cluster_area, self.max_clusters)
+        if n < self.min_clusters:
+            return None
+        seeds = place_seeds(binary, n)
+        if self.seed_count == "nonzero":
+            kept = max(int(torch.count_nonzero(seeds[:, 0])), int(torch.count_nonzero(seeds[:, 1])))
+            seeds = seeds[:kept]
+        roi = torch.nonzero(fg.flatten() >= INTERIOR_LEVEL).flatten()
+        if seeds.shape[0] == 0 or roi.numel() == 0:
+            return None
+        w = fg.shape[-1]
+        return {"seeds": seeds, "seed_idx": seeds[:, 0] * w + seeds[:, 1], "roi": roi,
+                "roi_pos": torch.stack([roi // w, roi % w], 1)}
+
+    def _clusters(self, flat, plan, grad):
+        """Cluster centres ``[B, C, k]`` of ``flat [B, C, n]`` following ``plan``."""
+        seeds = plan["seeds"].t().to(flat.dtype).expand(flat.shape[0], -1, -1)
+        init = torch.cat([flat[:, :, plan["seed_idx"]], seeds], 1).detach()
+        return cluster_centres(flat[:, :, plan["roi"]], plan["roi_pos"], init, self.cluster_iters,
+                               self.cluster_feat_scale, self.cluster_pos_scale, grad=grad)
+
+    def _select(self, refined, cells, feats, mask):
+        """Prototypes ``[B, K, C]`` of the kept cells; the empty-set policy if none."""
+        protos = refined[:, :, cells].transpose(1, 2)
+        if protos.shape[1] == 0:
+            if self.empty_bg == "raise":
+                raise EmptyPrototypeSet("no background window above threshold")
+            protos = P.masked_average(feats, mask)[:, None]
+        return protos
+
+    def _code_support(self, st):
+        f, m, win = st["feats"], st["mask"], st["window"]
+        pooled = F.avg_pool2d(f, win).flatten(2)  # [1, C, N]
+        refined_bg = self.channel_attention(pooled, self.alpha_bg, "dot", self.bcma_temperature) if self.bcma else pooled
+        st["bg"] = self._select(refined_bg, F.avg_pool2d(1.0 - m, win).flatten() > self.threshold, f, 1.0 - m)[0]
+        if P.max_window_coverage(m, self.fg_switch_window) >= self.threshold:
+            refined_fg = refined_bg
+            if self.bcma and self.alpha_fg != self.alpha_bg:
+                refined_fg = self.channel_attention(pooled, self.alpha_fg, "dot", self.bcma_temperature)
+            st["fg_local"] = refined_fg[0][:, F.avg_pool2d(m, win).flatten() > self.threshold].t()
+        else:
+            st["fg_local"] = f.new_zeros(0, f.shape[1])
+        st["map"] = P.masked_average(f, m)  # [1, C]
+        if self.fspa and st["plan"] is not None:
+            flat = f.flatten(2)
+            centres = self._clusters(flat, st["plan"], grad=False)[0]  # [C, k], no gradient (reference)
+            st["centres"] = centres
+            st["values"] = torch.matmul(flat[0].t(), centres)[None]  # F_s^T P_c: [1, n, k]
+
+    # -- query-dependent work -----------------------------------------------------------
+    def _kernel(self, sup_f, qry_f):
+        """RAN kernel ``[B, n_sup, n_qry]``, or ``None`` when nothing consumes RAN."""
+        if not self.ran or (self.variant == "code" and not self.fspa):
+            return None
+        if sup_f.shape[-2:] != qry_f.shape[-2:]:
+            raise ValueError("RAN needs support and query features on the same grid")
+        return ResemblanceKernel(sup_f.flatten(2), qry_f.flatten(2), self.ran_eps, grad=self.ran_grad)
+
+    def score(self, query_feats, state):
+        return self._score(query_feats, state, self._kernel(state["feats"], query_feats))
+
+    def prototypes(self, query_feats, state, kernel=None):
+        """The refined prototypes for these queries: ``{"fg": [B|1, K, C], "bg": [B|1, K, C]}``."""
+        if kernel is None:
+            kernel = self._kernel(state["feats"], query_feats)
+        b = query_feats.shape[0]
+        if self.variant == "code":
+            p_f = state["map"].expand(b, -1)
+            if self.fspa:
+                p_f = p_f + self._code_fspa(state, kernel)  # the code's residual: MAP(F_s) + FSPA
+            return {"fg": torch.cat([state["fg_local"].expand(b, -1, -1), p_f[:, None]], 1), "bg": state["bg"][None]}
+        if kernel is None:  # paper variant without RAN: computed in support_state
+            return state["protos"]
+        return self._paper_prototypes(self._refined_support(state["feats"], kernel), state)
+
+    def _score(self, q, st, kernel):
+        protos = self.prototypes(q, st, kernel)
+        return torch.cat([P.softmax_pool(P.cosine_scores(q, protos["bg"], self.scale)),
+                          P.softmax_pool(P.cosine_scores(q, protos["fg"], self.scale))], dim=1)
+
+    def _code_fspa(self, st, kernel):
+        """FSPA term of the code's ``P_f = MAP(F_s) + FSPA``: ``[B, C]``."""
+        flat = st["feats"].flatten(2)  # [1, C, n]
+        m = st["mask"].flatten(1)  # [1, n]
+        if "centres" in st:
+            protos, logits = st["centres"].t()[None], st["values"]  # [1, k, C], F_s^T P_c
+        else:  # MAP-attention with p0 = MAP(F^_s)
+            p0 = st["map"]
+            if kernel is not None:  # MAP(F_s W^T) = F_s W^T m / sum(m)
+                p0 = p0 + torch.matmul(flat, kernel.attend(masks=m[..., None])[1])[..., 0] / (st["mask_sum"] + P.MAP_EPS)
+            protos, logits = p0[:, None], torch.matmul(flat.transpose(1, 2), p0[..., None])  # [B, 1, C], [B, n, 1]
+        if kernel is not None:  # P^T F^_s = P^T F_s + W (F_s^T P)
+            logits = logits + kernel.attend(values=logits)[0]
+        return fspa_code(logits, m, protos, self.fspa_temperature)
+
+    def _refined_support(self, feats, kernel):
+        """RAN output ``F^_s [B, C, h, w]`` from the support ``[1, C, h, w]``."""
+        flat = feats.flatten(2)
+        mixed, _ = kernel.attend(values=flat.transpose(1, 2))
+        return feats + mixed.transpose(1, 2).reshape(-1, *feats.shape[1:])
+
+    def _paper_prototypes(self, fh, st):
+        """Paper FSPA and BCMA on the (RAN-refined) support ``fh [B, C, h, w]``:
+        ``{"fg": [B, 1, C], "bg": [B, K, C]}``."""
+        m = st["mask"]
+        if self.fspa:
+            flat = fh.flatten(2)
+            if st["plan"] is not None:
+                centres = self._clusters(flat, st["plan"], grad=True)  # [B, C, k]
+            else:  # a single cluster: the foreground mean
+                centres = P.masked_average(fh, m)[..., None]
+            idx = st["fg_idx"]
+            p_f = fspa_paper(flat[:, :, idx], m.flatten(1)[:, idx], centres, self.fspa_temperature)
+        else:
+            p_f = P.masked_average(fh, m)
+        pooled = F.avg_pool2d(fh, st["window"]).flatten(2)
+        if self.bcma:
+            pooled = self.channel_attention(pooled, self.alpha_bg, "cosine", self.bcma_temperature)
+        return {"fg": p_f[:, None], "bg": self._select(pooled, st["bg_cells"], fh, 1.0 - m)}
+
+    # -- training ------------------------------------------------------------------------
+    def forward(self, sup_img, sup_fg, qry_img):
+        """As ``FewShotSegmenter.forward``; the RAN kernel is shared with the alignment pass."""
+        size = qry_img.shape[-2:]
+        feats = self.encode(torch.cat([sup_img, qry_img]))
+        sup_f, qry_f = feats[:1], feats[1:]
+        state = self.support_state(sup_f, P.resize_mask(sup_fg, feats.shape[-2:]))
+        kernel = self._kernel(sup_f, qry_f)
+        scores = self._score(qry_f, state, kernel)
+        logits = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
+        losses = {}
+        if self.training and self.align:
+            losses["align"] = self.alignment_loss(scores, qry_f, sup_f, sup_fg, kernel=kernel)
+        return logits, losses
+
+    def alignment_loss(self, scores, qry_f, sup_f, sup_fg, kernel=None):
+        """PANet alignment as the base class, except: the code variant's FSPA uses
+        MAP-attention here (no clustering, as the reference's ``alignLoss``), and the
+        RAN kernel of the main pass is reused transposed (query as support)."""
+        pred_fg = scores[:1].argmax(dim=1, keepdim=True).float()
+        state = self.support_state(qry_f[:1], pred_fg, cluster=self.variant == "paper")
+        if kernel is None or kernel.batch != 1:
+            kernel = self._kernel(qry_f[:1], sup_f)
+        else:  # cos(query_j, support_i) is the main kernel transposed
+            kernel = kernel.t()
+        back = self._score(sup_f, state, kernel)
+        back = F.interpolate(back, size=sup_fg.shape[-2:], mode="bilinear", align_corners=False)
+        return F.cross_entropy(back, sup_fg.long())
