@@ -22,6 +22,9 @@ TINY = {
     "experiment": "tiny",
     "dataset": {"name": "phantom", "n_cases": 4},
     "preprocess": {"image_size": 64},
+    # `--directory` makes Snakemake look for config.yaml in the temp dir, so the demo's
+    # overrides are not merged in: name the CPU backbone here
+    "model": {"backbone": "small_cnn", "feature_dim": 16},
     "n_folds": 3,
     "folds": [0],
     "methods": ["ssl_alpnet"],
