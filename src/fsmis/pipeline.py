@@ -177,6 +177,7 @@ def _train_meta(method: str, setting: str, fold: int, config: dict) -> dict:
 
 def train(method: str, setting: str, fold: int, config: dict, splits_json: str, data_dir: str, classmap_json: str,
           model_out: str, log_out: str, threads: int, tracking: dict) -> None:
+    import pandas as pd
     import torch
 
     from fsmis import checkpoint as ckpt
@@ -201,7 +202,7 @@ def train(method: str, setting: str, fold: int, config: dict, splits_json: str, 
         torch.manual_seed(seed)
         model = registry.build(meta["architecture"], config["model"], meta["method_params"])
         if method == "untrained":
-            io.write_tsv(__import__("pandas").DataFrame(columns=T.LOG_COLUMNS), log_out)
+            io.write_tsv(pd.DataFrame(columns=T.LOG_COLUMNS), log_out)
             ckpt.save({"state_dict": model.state_dict(), "step": 0, "meta": meta}, model_out)
             run.log_metrics({"steps": 0})
             log.info("untrained baseline: saved the initial weights of %s", meta["architecture"])
