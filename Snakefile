@@ -56,8 +56,13 @@ localrules:
 # would mark every job outdated on the next invocation. `log` is the list of this
 # invocation's Snakemake log files.
 onstart:
+    check_hand_placed_data()
     tracking = fsmis_tracking()
     tracking.init_store(experiment=EXPERIMENT)
+    # Jobs record their runs here; the handlers below store them (fsmis.tracking).
+    # Runs left by an interrupted invocation are stored first.
+    tracking.flush_spool(MLFLOW_SPOOL)
+    os.environ[SPOOL_ENV] = str(MLFLOW_SPOOL)
     run_id = tracking.start_parent(experiment=EXPERIMENT, tags=parent_run_tags())
     # None when tracking is off (FSMIS_TRACKING=off) or the store is unreachable.
     if run_id:
@@ -68,6 +73,7 @@ onstart:
 
 
 onsuccess:
+    fsmis_tracking().flush_spool(MLFLOW_SPOOL)
     if os.environ.get(PARENT_RUN_ENV):
         fsmis_tracking().end_parent(
             os.environ[PARENT_RUN_ENV],
@@ -77,6 +83,7 @@ onsuccess:
 
 
 onerror:
+    fsmis_tracking().flush_spool(MLFLOW_SPOOL)
     if os.environ.get(PARENT_RUN_ENV):
         fsmis_tracking().end_parent(
             os.environ[PARENT_RUN_ENV], status="FAILED", log_file=first_or_none(log)

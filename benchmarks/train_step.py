@@ -2,7 +2,8 @@
 
 A step is what ``fsmis.train`` does per episode: forward (support + query through the
 backbone, method scores, alignment loss), weighted query cross-entropy + alignment
-loss, backward, SGD step (lr 1e-3, momentum 0.9, weight decay 5e-4). Every method
+loss plus any other loss the method returns (IPLSL's self-learning loss, given the query
+label), backward, SGD step (lr 1e-3, momentum 0.9, weight decay 5e-4). Every method
 sees the same random episode (images, a support mask and a query label); the methods
 run round-robin, one step each per round, so drifts in machine speed hit them alike.
 Reported: the median of ``--steps`` timed rounds after ``--warmup`` rounds, the
@@ -10,6 +11,8 @@ quartiles, and the ratio of each median to SSL-ALPNet's.
 
     python benchmarks/train_step.py                       # demo: small_cnn, 128 px, 1 thread
     python benchmarks/train_step.py --backbone deeplabv3_resnet101 --size 256 --steps 5
+    python benchmarks/train_step.py --methods ssl_alpnet iplsl iplsl,deep_path=false \
+        iplsl,interaction=false iplsl,self_learning=false iplsl,boundary=false   # IPLSL ablation rows
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import torch
 from fsmis.models import registry
 from fsmis.models.prototypes import segmentation_loss
 
-DEFAULT_METHODS = ["ssl_alpnet", "panet", "dspnet:code", "dspnet:paper"]
+DEFAULT_METHODS = ["ssl_alpnet", "panet", "dspnet:code", "dspnet:paper", "iplsl"]
 
 
 def parse_args(argv=None):
@@ -99,8 +102,12 @@ def step(model, opt, ep) -> float:
     if ep["sup_img"].is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    logits, aux = model(ep["sup_img"], ep["sup_fg"], ep["qry_img"])
-    loss = segmentation_loss(logits, ep["qry_label"], 0.05, 1.0) + aux.get("align", 0.0)
+    if getattr(model, "takes_query_label", False):  # IPLSL: its self-learned prediction's loss needs the label
+        logits, aux = model(ep["sup_img"], ep["sup_fg"], ep["qry_img"], qry_label=ep["qry_label"])
+    else:
+        logits, aux = model(ep["sup_img"], ep["sup_fg"], ep["qry_img"])
+    # align weight 1; every other loss comes weighted by the method
+    loss = segmentation_loss(logits, ep["qry_label"], 0.05, 1.0) + sum(aux.values())
     opt.zero_grad(set_to_none=True)
     loss.backward()
     opt.step()

@@ -63,8 +63,11 @@ def test_report_and_metrics_exist(run):
     oracle = metrics["protocols"]["oracle"]
     assert set(oracle["dice"]) == {"left_kidney", "right_kidney", "spleen", "liver"}
     assert 0.0 <= oracle["mean_dice"] <= 1.0
-    preds = list((wd / "results/tiny/ssl_alpnet/setting1/fold0/predictions").glob("*.nii.gz"))
-    assert len(preds) == 2  # 4 cases in 3 folds: blocks of 2, 1, 1 cases
+    full = metrics["protocols"]["full"]  # the same model without ground truth at inference
+    assert set(full["dice"]) == set(oracle["dice"]) and 0.0 <= full["mean_dice"] <= 1.0
+    preds = sorted(p.name for p in (wd / "results/tiny/ssl_alpnet/setting1/fold0/predictions").glob("*.nii.gz"))
+    # 4 cases in 3 folds: blocks of 2, 1, 1 cases; one prediction per case and protocol
+    assert preds == ["phantom_000.nii.gz", "phantom_000_full.nii.gz", "phantom_001.nii.gz", "phantom_001_full.nii.gz"]
 
 
 def test_mlflow_store_holds_a_parent_and_a_child_per_job(run):
@@ -81,9 +84,12 @@ def test_mlflow_store_holds_a_parent_and_a_child_per_job(run):
     # + 2 train + 3 evaluate + 1 report
     assert len(children) == 18
     keys = {k for (k,) in con.execute("select distinct key from metrics")}
-    assert {"loss", "mean_dice", "dice_liver"} <= keys
+    assert {"loss", "oracle/mean_dice", "oracle/dice_liver", "full/mean_dice"} <= keys
     status = dict(con.execute("select run_uuid, status from runs").fetchall())
     assert status[next(iter(parents))] == "FINISHED"
+    assert set(status.values()) == {"FINISHED"}
+    # jobs recorded their runs in the spool; the end of the invocation stored them all
+    assert not list((wd / "results" / "mlflow" / "spool").glob("*.jsonl"))
 
 
 def test_second_invocation_runs_nothing(run):

@@ -52,3 +52,48 @@ def test_missing_class_in_query_is_flagged_not_zero():
     rows, _ = E.evaluate_oracle(E.MaskTransferPredictor(), _scan("s", sup), [_scan("q", qry)], {"liver": 1})
     assert rows[0]["flag"] == "empty_reference" and np.isnan(rows[0]["dice"])
     assert np.isnan(E.summarize(rows, ["liver"])["dice"]["liver"])
+
+
+def test_oracle_and_full_protocols_differ_by_hand():
+    """A false positive outside the organ's extent counts under `full` only."""
+    sup = np.zeros((6, 4, 4), np.uint8)
+    sup[:, 0:2, 0:2] = 1  # organ on every support slice: 4 px each
+    qry = np.zeros((6, 4, 4), np.uint8)
+    qry[2:4, 0:2, 0:2] = 1  # organ on slices 2-3 only: 8 px
+    rows, preds = E.evaluate_scans(E.MaskTransferPredictor(), _scan("s", sup), [_scan("q", qry)], {"liver": 1},
+                                   protocols=("oracle", "full"), n_parts=3)
+    by = {r["protocol"]: r for r in rows}
+    # oracle: slices 2-3 only, each predicted exactly -> Dice 1
+    assert by["oracle"]["dice"] == pytest.approx(1.0) and by["oracle"]["slices_scored"] == 2
+    # full: all 6 slices predicted (4 px each = 24 px), tp 8, fp 16, fn 0 -> 16 / (16 + 16) = 0.5
+    assert (by["full"]["tp"], by["full"]["fp"], by["full"]["fn"]) == (8, 16, 0)
+    assert by["full"]["dice"] == pytest.approx(0.5) and by["full"]["slices_scored"] == 6
+    assert preds["oracle"]["q"].sum() == 8 and preds["full"]["q"].sum() == 24
+
+
+def test_full_protocol_chunks_by_relative_position():
+    # support organ on slices 0..8 with a different square per chunk; query 9 slices
+    sup = np.zeros((9, 6, 6), np.uint8)
+    sup[0:3, 0:2, 0:2] = 1
+    sup[3:6, 2:4, 2:4] = 1
+    sup[6:9, 4:6, 4:6] = 1
+    qry = np.zeros((9, 6, 6), np.uint8)
+    qry[4, 2:4, 2:4] = 1  # the organ on one slice only
+    plan = E.query_plan("full", qry, 1, 3)
+    assert plan == {0: [0, 1, 2], 1: [3, 4, 5], 2: [6, 7, 8]}
+    assert E.query_plan("oracle", qry, 1, 3) == {0: [4]}
+    _, preds = E.evaluate_scans(E.MaskTransferPredictor(), _scan("s", sup), [_scan("q", qry)], {"liver": 1},
+                                protocols=("full",), n_parts=3)
+    # support slices 1, 4, 7 (1/6, 1/2, 5/6 of 9): each chunk of the query receives its square
+    assert (preds["full"]["q"] == sup).all()
+
+
+def test_full_protocol_absent_class_with_prediction_scores_zero():
+    sup = np.zeros((3, 4, 4), np.uint8)
+    sup[1, :2, :2] = 1
+    qry = np.zeros((3, 4, 4), np.uint8)
+    rows, _ = E.evaluate_scans(E.MaskTransferPredictor(), _scan("s", sup), [_scan("q", qry)], {"liver": 1},
+                               protocols=("full",))
+    assert rows[0]["flag"] == "empty_reference" and rows[0]["dice"] == 0.0
+    with pytest.raises(ValueError, match="unknown protocol"):
+        E.query_plan("strict", qry, 1, 3)

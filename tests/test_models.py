@@ -112,3 +112,19 @@ def test_resolve_variants_and_untrained():
     assert registry.resolve("untrained", cfg) == ("ssl_alpnet", {"threshold": 0.95})
     assert registry.resolve("panet", cfg) == ("panet", {"scale": 20.0})
     assert cfg["method_params"]["panet"] == {"scale": 20.0}  # not modified
+
+
+def test_resolve_applies_setting_overrides_then_variant_params():
+    from fsmis.models import registry
+
+    config = {
+        "method_params": {"dspnet": {"alpha_fg": 0.2, "bcma_taps": [0.3, 0.8, 0.3], "ran": True}},
+        "method_params_by_setting": {"1": {"dspnet": {"alpha_fg": 0.3, "bcma_taps": [0.2, 0.8, 0.2]}}},
+        "variants": {"dspnet_no_ran": {"method": "dspnet", "params": {"ran": False, "alpha_fg": 0.5}}},
+    }
+    assert registry.resolve("dspnet", config, "1") == (
+        "dspnet", {"alpha_fg": 0.3, "bcma_taps": [0.2, 0.8, 0.2], "ran": True})
+    assert registry.resolve("dspnet", config, "2")[1]["alpha_fg"] == 0.2  # no override for setting 2
+    assert registry.resolve("dspnet", config)[1]["alpha_fg"] == 0.2
+    arch, params = registry.resolve("dspnet_no_ran", config, "1")
+    assert arch == "dspnet" and params == {"alpha_fg": 0.5, "bcma_taps": [0.2, 0.8, 0.2], "ran": False}

@@ -101,7 +101,7 @@ def test_write_tables_csv_and_markdown(tmp_path):
     assert csv.loc["dspnet", "mean_mean"] == pytest.approx(65.0)
     assert csv.loc["panet", "liver_std"] == pytest.approx(4 / SQ2, abs=1e-4)
 
-    lines = open(md_path).read().splitlines()
+    lines = open(md_path, encoding="utf-8").read().splitlines()
     start = next(i for i, line in enumerate(lines) if line.startswith("|"))
     assert lines[start] == "| method | spleen | liver | mean |"
     assert lines[start + 1] == "| --- | ---: | ---: | ---: |"
@@ -135,7 +135,7 @@ def test_malformed_metrics_raise_input_error_naming_the_file(tmp_path, content, 
 def test_two_files_for_one_fold_are_refused(tmp_path):
     paths = _metrics(tmp_path)
     copy = tmp_path / "copy.json"
-    copy.write_text(paths[0].read_text())
+    copy.write_text(paths[0].read_text(encoding="utf-8"))
     with pytest.raises(InputError, match="already given by"):
         report.collect([*paths, copy])
 
@@ -164,18 +164,35 @@ def _panels():
     return panels
 
 
+def _per_case(paths, dice=DICE, protocol="oracle"):
+    """per_case.tsv beside each metrics.json: two scans whose mean is the fold's Dice."""
+    for path in paths:
+        method, fold = path.parts[-4], int(path.parts[-2][4:])
+        values = dice[method][fold]
+        rows = [{"protocol": protocol, "case": f"c{fold}{k}", "class": name, "dice": v + (0.05 if k else -0.05),
+                 "flag": "ok"} for name, v in values.items() for k in (0, 1)]
+        pd.DataFrame(rows).to_csv(path.with_name("per_case.tsv"), sep="\t", index=False)
+
+
 def test_build_report_writes_tables_and_figures(tmp_path):
     paths = _metrics(tmp_path) + _metrics(tmp_path, setting="2", protocol="full")
+    _per_case(paths[:5])
     logs = {
         f"panet fold{f}": pd.DataFrame({"step": np.arange(0, 100, 10), "loss": np.linspace(2, 0.5, 10) + f})
         for f in (0, 1)
     }
     out = tmp_path / "report"
-    written = report.build_report(paths, out, CLASSES, ORDER, qualitative_panels=_panels(), train_logs=logs)
+    panels = {("1", "oracle"): _panels(), ("2", "full"): _panels()[:1]}
+    written = report.build_report(paths, out, CLASSES, ORDER, qualitative_panels=panels, train_logs=logs,
+                                  reference="dspnet", slices=[("1", "oracle"), ("2all", "oracle")])
     names = sorted(p.rsplit("/", 1)[1] for p in written)
-    expected = ["dice_per_fold.csv", "qualitative.pdf", "qualitative.png", "training_curves.pdf", "training_curves.png"]
-    for stem in ("setting1_oracle", "setting2_full"):
-        expected += [f"dice_{stem}.csv", f"dice_{stem}.md", f"dice_bars_{stem}.pdf", f"dice_bars_{stem}.png"]
+    expected = ["dice_per_fold.csv", "dice_per_case.csv", "qualitative.pdf", "qualitative.png",
+                "training_curves.pdf", "training_curves.png"]
+    # configured slices first (2all has no results: files that say so), then the others found
+    for stem in ("setting1_oracle", "setting2all_oracle", "setting2_full"):
+        expected += [f"dice_{stem}.csv", f"dice_{stem}.md", f"dice_bars_{stem}.pdf", f"dice_bars_{stem}.png",
+                     f"stats_{stem}.csv", f"stats_{stem}.md", f"paper_{stem}.md", f"paper_{stem}.csv",
+                     f"paper_{stem}.tex", f"qualitative_{stem}.png", f"qualitative_{stem}.pdf"]
     assert names == sorted(expected)
     for path in written:
         assert (out / path.rsplit("/", 1)[1]).stat().st_size > 0
@@ -186,6 +203,23 @@ def test_build_report_writes_tables_and_figures(tmp_path):
     assert not [p for p in out.iterdir() if ".tmp" in p.name]  # nothing half-written left
     long_df = pd.read_csv(out / "dice_per_fold.csv")
     assert len(long_df) == 20 and set(long_df["protocol"]) == {"oracle", "full"}
+    assert (out / "qualitative.png").read_bytes() == (out / "qualitative_setting1_oracle.png").read_bytes()
+    assert "No results for setting 2all" in (out / "paper_setting2all_oracle.md").read_text(encoding="utf-8")
+
+    # the statistics: per-case spread and the paired test against the reference
+    stats = pd.read_csv(out / "stats_setting1_oracle.csv")
+    panet_liver = stats[(stats["method"] == "panet") & (stats["class"] == "liver")].iloc[0]
+    assert panet_liver["fold_mean"] == pytest.approx(88.0) and panet_liver["n_cases"] == 4
+    assert panet_liver["case_std"] == pytest.approx(100 * np.std([0.85, 0.95, 0.81, 0.91], ddof=1))
+    assert panet_liver["n_pairs"] == 4 and pd.isna(panet_liver["p_value"])  # 4 < 6 pairs: n/a
+    assert "6 needed" in panet_liver["p_note"]
+    # the paper table of the phantom: our numbers, a note instead of published ones
+    paper = (out / "paper_setting1_oracle.md").read_text(encoding="utf-8")
+    assert "| method | spleen | liver | Mean | p vs dspnet |" in paper
+    assert "| panet | 45.00 ± 7.07 | 88.00 ± 2.83 | 66.50 ± 2.12 | n/a |" in paper
+    assert "No published numbers for dataset phantom" in paper
+    tex = (out / "paper_setting1_oracle.tex").read_text(encoding="utf-8")
+    assert "\\toprule" in tex and "Method & spleen & liver & Mean & $p$" in tex
 
 
 def test_figures_without_report(tmp_path):
@@ -211,3 +245,52 @@ def test_slice_dice_and_smoothing():
     assert report.slice_dice(a, b) == pytest.approx(0.5)
     assert math.isnan(report.slice_dice(np.zeros((2, 2)), np.zeros((2, 2))))
     assert report._smooth(np.array([2.0, 2.0, 2.0]), 0.9) == pytest.approx([2.0, 2.0, 2.0])
+
+
+def test_qualitative_panels_hold_support_query_truth_and_each_protocols_predictions(tmp_path):
+    """fsmis.pipeline._qualitative_panels on tiny volumes: every panel has the support
+    slice and mask, the query slice, the ground truth and one prediction per method,
+    read from the protocol's own prediction files."""
+    import SimpleITK as sitk
+
+    from fsmis import pipeline
+
+    def volume(array, path):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sitk.WriteImage(sitk.GetImageFromArray(array), str(path))
+
+    label = np.zeros((9, 8, 8), np.uint8)
+    label[2:7, 2:5, 2:5] = 1  # liver (class id 1) on slices 2..6
+    label[3:6, 5:7, 5:7] = 2  # spleen (2) on slices 3..5
+    data = tmp_path / "data"
+    for case in ("s", "q"):
+        image = np.arange(label.size, dtype=np.float32).reshape(label.shape)
+        volume(image, data / "preprocessed" / f"{case}_image.nii.gz")
+        volume(label, data / "preprocessed" / f"{case}_label.nii.gz")
+    exp = tmp_path / "exp"
+    write_json({"folds": [{"support": "s", "test": ["q"]}]}, exp / "splits.json")
+    oracle_only = np.where(label == 1, 1, 0).astype(np.uint8)
+    paths = []
+    for method in ("a", "b"):
+        fold = exp / method / "setting1" / "fold0"
+        protocols = {"oracle": {"dice": {"liver": 0.5}}, "full": {"dice": {"liver": 0.4}}}
+        write_json({"method": method, "setting": "1", "fold": 0, "protocols": protocols}, fold / "metrics.json")
+        paths.append(str(fold / "metrics.json"))
+    volume(oracle_only, exp / "a" / "setting1" / "fold0" / "predictions" / "q.nii.gz")  # older layout: oracle
+    volume(label, exp / "b" / "setting1" / "fold0" / "predictions" / "oracle" / "q.nii.gz")
+    volume(np.ones_like(label), exp / "b" / "setting1" / "fold0" / "predictions" / "q_full.nii.gz")
+    config = {"dataset": {"name": "phantom"}, "settings": ["1"], "evaluate": {"n_parts": 3}}
+
+    oracle = pipeline._qualitative_panels(paths, config, str(data), "1", "oracle")
+    assert [p["class"] for p in oracle] == ["spleen", "liver"]  # papers' order, classes present only
+    liver = oracle[1]
+    assert liver["slice"] == 4 and liver["case"] == "q"
+    for key in ("support_image", "support_mask", "image", "ground_truth"):
+        assert liver[key].shape == (8, 8)
+    assert liver["support_mask"].sum() == 9 and liver["ground_truth"].sum() == 9
+    assert sorted(liver["predictions"]) == ["a", "b"]
+    assert liver["predictions"]["a"].sum() == 9
+    full = pipeline._qualitative_panels(paths, config, str(data), "1", "full")
+    # only b wrote full-protocol predictions; a's oracle file is not shown as "full"
+    assert sorted(full[1]["predictions"]) == ["b"]
+    assert full[1]["predictions"]["b"].sum() == 64  # b's full-protocol file: liver everywhere

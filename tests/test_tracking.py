@@ -31,7 +31,8 @@ def template_db(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for name in (tracking.PARENT_ENV, tracking.TRACKING_ENV, "MLFLOW_TRACKING_URI"):
+    for name in (tracking.PARENT_ENV, tracking.TRACKING_ENV, "MLFLOW_TRACKING_URI", tracking.SPOOL_ENV,
+                 tracking.LIVE_ENV):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(tracking.STRICT_ENV, "1")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -133,14 +134,19 @@ def test_init_store_is_idempotent(store):
     assert rows == [(int(first), (store.parent / "artifacts").as_uri())]
 
 
-def test_parent_with_two_children_found_by_search(store, tmp_path, monkeypatch):
+@pytest.mark.parametrize("mode", ["live", "spool"])
+def test_parent_with_two_children_found_by_search(store, tmp_path, monkeypatch, mode):
+    """The same runs whether jobs log directly or record to a spool stored afterwards."""
+    spool = tmp_path / "spool"
+    if mode == "spool":
+        monkeypatch.setenv(tracking.SPOOL_ENV, str(spool))
     parent = tracking.start_parent("demo", tags={"invocation": "abc"})
     monkeypatch.setenv(tracking.PARENT_ENV, parent)
     config = {"train": {"lr": 1e-3, "steps": 3}, "model": {"name": "panet"}}
     for fold in (0, 1):
         wildcards = {"method": "panet", "setting": "1", "fold": fold}
         with tracking.job_run("train", "demo", params=config, tags={"rule": "train", "wildcards": wildcards}) as run:
-            assert run.run_id
+            assert bool(run.run_id) == (mode == "live")
             for step in range(3):
                 run.log_metrics({"loss": 1.0 / (step + 1 + fold), "lr": 1e-3}, step=step)
             run.log_params({"extra": {"fold": fold}})
@@ -149,6 +155,11 @@ def test_parent_with_two_children_found_by_search(store, tmp_path, monkeypatch):
             text = tmp_path / f"train_log{fold}.tsv"
             text.write_text("step\tloss\n0\t1.0\n")
             run.log_artifact(text, subdir="logs")
+            text.write_text("changed after logging\n")  # the artifact is what the job saw then
+    if mode == "spool":
+        assert tracking.search("demo", "tags.stage = 'train'").empty  # nothing stored yet
+        assert tracking.flush_spool(spool) == 2
+        assert list(spool.iterdir()) == []  # stored records are removed
     log_file = tmp_path / "snakemake.log"
     log_file.write_text("all done\n")
     tracking.end_parent(parent, "FINISHED", log_file=log_file)
@@ -175,7 +186,7 @@ def test_parent_with_two_children_found_by_search(store, tmp_path, monkeypatch):
     artifacts = store.parent / "artifacts"
     run_dir = next(artifacts.glob(f"{runs['run_id'].iloc[1]}/artifacts"))
     assert json.loads((run_dir / "metrics.json").read_text()) == {"dice": 0.6}
-    assert (run_dir / "logs" / "train_log1.tsv").is_file()
+    assert (run_dir / "logs" / "train_log1.tsv").read_text() == "step\tloss\n0\t1.0\n"
     assert (next(artifacts.glob(f"{parent}/artifacts")) / "snakemake" / "snakemake.log").read_text() == "all done\n"
 
     everything = tracking.search("demo")
@@ -277,3 +288,36 @@ def test_parallel_jobs_on_a_fresh_store_lose_nothing(tmp_path):
         assert list(history["step"]) == list(range(N_STEPS))
         assert list(history["value"]) == [worker * 1000.0 + s for s in range(N_STEPS)]
     assert len(_experiment_rows(db, "race")) == 1
+
+
+def test_spooled_run_of_a_killed_job_is_stored_as_killed(store, tmp_path, monkeypatch):
+    spool = tmp_path / "spool"
+    monkeypatch.setenv(tracking.SPOOL_ENV, str(spool))
+    cm = tracking.job_run("train", "demo", params={"a": 1}, tags={"wildcards": {"fold": 3}})
+    run = cm.__enter__()  # never exited: the process died mid-job
+    run.log_metrics({"loss": 0.5}, step=10)
+    with open(run.path, "a") as handle:
+        handle.write('{"type": "metrics", "items": [["loss"')  # torn last line
+    with pytest.raises(RuntimeError, match="boom"):
+        with tracking.job_run("evaluate", "demo", params={}, tags={}):
+            raise RuntimeError("boom")
+    assert tracking.flush_spool(spool) == 2
+    runs = tracking.search("demo").set_index("run_name")
+    assert runs.loc["train:fold=3", "status"] == "KILLED"
+    assert runs.loc["train:fold=3", "metrics.loss"] == 0.5
+    assert "killed" in runs.loc["train:fold=3", "tags.error"]
+    assert runs.loc["evaluate", "status"] == "FAILED" and "boom" in runs.loc["evaluate", "tags.error"]
+
+
+def test_spool_record_that_cannot_be_stored_is_kept(tmp_path, monkeypatch, caplog):
+    spool = tmp_path / "spool"
+    monkeypatch.setenv(tracking.SPOOL_ENV, str(spool))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'nodir' / 'x.db'}")
+    with tracking.job_run("train", "demo", params={}, tags={}) as run:
+        run.log_metrics({"loss": 1.0})
+    (tmp_path / "nodir").write_text("a file where the store's folder should be")
+    monkeypatch.setenv(tracking.STRICT_ENV, "0")
+    with caplog.at_level(logging.WARNING, logger="fsmis.tracking"):
+        assert tracking.flush_spool(spool) == 0
+    assert "storing the recorded run" in caplog.text
+    assert len(list(spool.glob("*.jsonl"))) == 1

@@ -81,3 +81,24 @@ def test_corrupt_model_file_names_the_file(tmp_path):
     bad.write_bytes(b"not a checkpoint")
     with pytest.raises(InputError, match="model.pt"):
         ckpt.load(bad)
+
+
+def test_method_losses_that_need_the_query_label_are_trained(tmp_path):
+    """IPLSL's self-learning loss needs the query label: the loop passes it and adds
+    the method's extra losses (logged as other_loss)."""
+    import pandas as pd
+
+    from fsmis import train as T
+    from fsmis.models import registry
+
+    torch.manual_seed(0)
+    model = registry.build("iplsl", {"backbone": "small_cnn", "feature_dim": 16}, {})
+    assert model.takes_query_label
+    episodes = _episodes()
+    cfg = {"steps": 4, "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "lr_step": 1000, "lr_gamma": 0.95,
+           "bg_weight": 0.05, "fg_weight": 1.0, "align_weight": 1.0, "log_every": 2, "checkpoint_every": 0}
+    T.train(model, episodes, cfg, tmp_path / "model.pt", tmp_path / "log.tsv", {"method": "iplsl"})
+    log = pd.read_csv(tmp_path / "log.tsv", sep="\t")
+    assert (log["other_loss"] > 0).all()
+    assert log["loss"].to_numpy() == pytest.approx(
+        (log["query_loss"] + log["align_loss"] + log["other_loss"]).to_numpy(), rel=1e-5)

@@ -67,8 +67,8 @@ def job_counts(output: str) -> dict[str, int]:
 
 def test_demo_dry_run_builds_the_whole_experiment(tmp_path):
     counts = dry_run(tmp_path)
-    # 10 phantom cases; 5 folds x setting "1"; methods ssl_alpnet + panet, baselines
-    # untrained (trained for 0 steps) + mask_transfer (evaluated only).
+    # 10 phantom cases; 5 folds x setting "1"; methods ssl_alpnet + panet + dspnet +
+    # iplsl, baselines untrained (trained for 0 steps) + mask_transfer (evaluated only).
     assert counts == {
         "generate_phantom": 1,
         "canonical": 1,
@@ -76,8 +76,8 @@ def test_demo_dry_run_builds_the_whole_experiment(tmp_path):
         "classmap": 1,
         "superpixels": 10,
         "splits": 1,
-        "train": 5 * 3,
-        "evaluate": 5 * 4,
+        "train": 5 * 5,
+        "evaluate": 5 * 6,
         "report": 1,
         "all": 1,
     }
@@ -100,6 +100,24 @@ def test_config_overrides_shrink_the_dag(tmp_path):
     assert counts["evaluate"] == 1 * 2 * 2
     assert counts["preprocess"] == 10
     assert counts["report"] == 1
+
+
+def test_setting_2_trains_one_model_per_label_group(tmp_path):
+    counts = dry_run(
+        tmp_path, "--config", "folds=[0, 1]", "methods=[ssl_alpnet]", "settings=[1, 2, 2all]",
+        "baselines=[mask_transfer]",
+    )
+    # per fold: setting 1 one model, setting 2 one per label group (kidneys,
+    # liver+spleen), setting 2all one model; each setting evaluated once per method
+    assert counts["train"] == 2 * (1 + 2 + 1)
+    assert counts["evaluate"] == 2 * 3 * 2
+    result = run_snakemake(
+        tmp_path, "--dry-run", "--config", "folds=[0]", "methods=[ssl_alpnet]", "settings=[2]",
+        "baselines=[]", "--", "results/demo/ssl_alpnet/setting2/fold0/metrics.json",
+    )
+    out = result.stdout + result.stderr
+    assert "setting2/fold0/left_kidney+right_kidney/model.pt" in out
+    assert "setting2/fold0/liver+spleen/model.pt" in out
 
 
 def test_one_fold_can_be_rerun_by_asking_for_its_file(tmp_path):
@@ -177,7 +195,7 @@ def test_schema_fills_paper_defaults_into_a_minimal_config():
     assert train["augment"]["zoom"] == [0.9, 1.2]  # nested two levels down
     assert cfg["method_params"]["ssl_alpnet"]["threshold"] == 0.95
     assert cfg["method_params"]["panet"]["scale"] == 20.0
-    assert cfg["evaluate"] == {"protocols": ["oracle"], "n_parts": 3, "nsd_tolerance_mm": 2.0}
+    assert cfg["evaluate"] == {"protocols": ["oracle", "full"], "n_parts": 3, "nsd_tolerance_mm": 2.0}
     assert cfg["method_params"]["ssl_alpnet"]["empty_bg"] == "global"
     assert train["superpixel_sampling"] == "uniform"
 
@@ -283,8 +301,9 @@ def test_variants_become_methods_of_their_own(tmp_path):
     assert counts["train"] == 2 and counts["evaluate"] == 2
 
 
-def test_demo_ablation_preset_runs_dspnet_with_each_part_off(tmp_path):
+def test_demo_ablation_preset_runs_each_part_off(tmp_path):
     preset = REPO / "workflow" / "presets" / "demo-ablation.yaml"
     counts = dry_run(tmp_path, "--configfile", str(DEMO_CONFIG), str(preset))
-    # 4 DSPNet rows (full, no RAN, no FSPA, no BCMA) x 5 folds, no baselines
-    assert counts["train"] == 20 and counts["evaluate"] == 20 and counts["report"] == 1
+    # 4 DSPNet rows (full, no RAN, no FSPA, no BCMA) and 5 IPLSL rows (full and each
+    # of its 4 components off) x 5 folds, no baselines
+    assert counts["train"] == 45 and counts["evaluate"] == 45 and counts["report"] == 1

@@ -1,5 +1,8 @@
 """Evaluation protocols for 1-way 1-shot segmentation of 3D scans.
 
+Both protocols share the support side and run from the same trained model; they
+differ only in which query slices are segmented and what is scored.
+
 ``oracle`` (the published protocol; Roy et al. 2020, SSL-ALPNet ``validation.py``):
 
 - the support scan is split into ``n_parts`` (3) chunks along the slices that contain
@@ -13,6 +16,12 @@
   scan from the summed TP/FP/FN of those slices, then averaged over scans (and, in the
   report, over folds).
 
+``full`` (no ground truth at inference): every slice of the query scan is segmented;
+slice z is assigned to chunk ``chunk_of(z, 0, n_slices - 1)`` (its relative position in
+the scan), and a prediction anywhere in the scan counts, so false positives above or
+below the organ lower the score. The support side is unchanged (the support is an
+annotated scan by definition).
+
 Work is shared across classes and slices: each query slice is encoded once for all
 test classes and each support slice once per class (the reference re-encodes both
 for every query slice and class).
@@ -21,37 +30,17 @@ for every query slice and class).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from fsmis import metrics as M
+from fsmis.protocols import PROTOCOLS, chunk_of, extent, query_plan, support_slices  # noqa: F401 (re-exported)
 from fsmis.data.episodes import tile3
 from fsmis.models.prototypes import resize_mask
 
 log = logging.getLogger(__name__)
-
-
-def support_slices(label: np.ndarray, cid: int, n_parts: int) -> list[int]:
-    """Support slice per chunk: 1/6, 1/2, 5/6 of the class's slice list for 3 chunks."""
-    zlist = np.flatnonzero((label == cid).reshape(label.shape[0], -1).any(axis=1))
-    if zlist.size == 0:
-        raise ValueError(f"class id {cid} absent from the support scan")
-    return [int(zlist[int((2 * p + 1) / (2 * n_parts) * zlist.size)]) for p in range(n_parts)]
-
-
-def extent(label: np.ndarray, cid: int) -> tuple[int, int] | None:
-    zs = np.flatnonzero((label == cid).reshape(label.shape[0], -1).any(axis=1))
-    return (int(zs[0]), int(zs[-1])) if zs.size else None
-
-
-def chunk_of(z: int, z_min: int, z_max: int, n_parts: int) -> int:
-    if z_max == z_min:
-        return 0
-    part = math.floor((z - z_min) / ((z_max - z_min) / n_parts))
-    return min(max(part, 0), n_parts - 1)
 
 
 @dataclass
@@ -117,42 +106,63 @@ class MaskTransferPredictor:
         return np.repeat(state[None], len(zs), axis=0)
 
 
-def evaluate_oracle(predictor, support: Scan, queries: list[Scan], classes: dict[str, int],
-                    n_parts: int = 3, nsd_tolerance_mm: float = 2.0):
-    """Returns ``(rows, predictions)``: one metrics row per (query, class) and, per
-    query case, a label volume of the predictions (later classes overwrite earlier
-    ones where two predictions overlap; metrics use the unmerged masks)."""
-    plans = {name: support_slices(support.label, cid, n_parts) for name, cid in classes.items()}
-    states = {name: predictor.states(support, classes[name], plans[name]) for name in classes}
-    rows, predictions = [], {}
+def evaluate_scans(predictor, support: Scan, queries: list[Scan], classes: dict[str, int],
+                   protocols=("oracle",), n_parts: int = 3, nsd_tolerance_mm: float = 2.0):
+    """Segment every query scan for every class under each protocol.
+
+    Returns ``(rows, predictions)``: one metrics row per (protocol, query, class) and
+    ``predictions[protocol][case]``, a label volume of the predictions (later classes
+    overwrite earlier ones where two predictions overlap; metrics use the unmerged
+    masks). Each query slice is encoded once for all classes and protocols.
+
+    Scoring: Dice etc. over the whole 3D scan from the masks (``fsmis.metrics``). Under
+    ``oracle`` the prediction is zero outside the class's extent, and so is the
+    reference, so this equals the reference's sum over the extent's slices. Under
+    ``full`` a prediction anywhere counts; a class absent from a query scan is
+    flagged ``empty_reference`` and scores 0 if anything was predicted for it, and
+    ``both_empty`` (NaN, left out of means) if nothing was.
+    """
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+    support_plan = {name: support_slices(support.label, cid, n_parts) for name, cid in classes.items()}
+    states = {name: predictor.states(support, classes[name], support_plan[name]) for name in classes}
+    rows, predictions = [], {protocol: {} for protocol in protocols}
     for q in queries:
-        extents = {name: extent(q.label, cid) for name, cid in classes.items()}
-        needed = [z for e in extents.values() if e for z in range(e[0], e[1] + 1)]
+        plans = {(protocol, name): query_plan(protocol, q.label, cid, n_parts)
+                 for protocol in protocols for name, cid in classes.items()}
+        needed = {z for plan in plans.values() if plan for zs in plan.values() for z in zs}
         qfeats = predictor.encode_query(q, needed)
-        merged = np.zeros(q.label.shape, dtype=np.uint8)
-        for name, cid in classes.items():
-            ref = q.label == cid
-            ext = extents[name]
-            if ext is None:
-                rows.append({"protocol": "oracle", "case": q.case, "class": name, "flag": "empty_reference",
-                             "dice": float("nan"), "iou": float("nan"), "slices_scored": 0})
-                continue
-            z0, z1 = ext
-            pred = np.zeros_like(ref)
-            for p in range(n_parts):
-                zs = [z for z in range(z0, z1 + 1) if chunk_of(z, z0, z1, n_parts) == p]
-                if zs:
-                    pred[zs] = predictor.predict(qfeats, zs, states[name][p], ref.shape[1:])
-            merged[pred] = cid
-            # pred is zero outside [z0, z1] and so is ref: full-volume surfaces, no crop planes
-            m = M.case_metrics(pred, ref, q.spacing_zyx, nsd_tolerance_mm)
-            rows.append({"protocol": "oracle", "case": q.case, "class": name, "slices_scored": z1 - z0 + 1, **m})
-        predictions[q.case] = merged
+        for protocol in protocols:
+            merged = np.zeros(q.label.shape, dtype=np.uint8)
+            for name, cid in classes.items():
+                ref = q.label == cid
+                plan = plans[protocol, name]
+                if plan is None:  # oracle, class absent from this scan: nothing to segment
+                    rows.append({"protocol": protocol, "case": q.case, "class": name, "flag": "empty_reference",
+                                 "dice": float("nan"), "iou": float("nan"), "slices_scored": 0})
+                    continue
+                pred = np.zeros_like(ref)
+                for part, zs in plan.items():
+                    pred[zs] = predictor.predict(qfeats, zs, states[name][part], ref.shape[1:])
+                merged[pred] = cid
+                m = M.case_metrics(pred, ref, q.spacing_zyx, nsd_tolerance_mm)
+                rows.append({"protocol": protocol, "case": q.case, "class": name,
+                             "slices_scored": sum(len(zs) for zs in plan.values()), **m})
+            predictions[protocol][q.case] = merged
     return rows, predictions
 
 
+def evaluate_oracle(predictor, support: Scan, queries: list[Scan], classes: dict[str, int],
+                    n_parts: int = 3, nsd_tolerance_mm: float = 2.0):
+    """The published protocol alone: ``(rows, {case: prediction})``."""
+    rows, predictions = evaluate_scans(predictor, support, queries, classes, ("oracle",), n_parts, nsd_tolerance_mm)
+    return rows, predictions["oracle"]
+
+
 def summarize(rows: list[dict], classes) -> dict:
-    """Per-class mean over scans (NaN-skipping) and the mean over classes."""
+    """Per-class mean over scans (NaN-skipping) and the mean over classes, for rows of
+    one protocol."""
     out = {}
     for name in classes:
         vals = [r["dice"] for r in rows if r["class"] == name and not np.isnan(r["dice"])]

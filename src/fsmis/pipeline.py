@@ -77,15 +77,67 @@ def generate_phantom(dataset: dict, out_dir: str, cases: list[str], tracking: di
         log.info("generated %d phantom cases in %s (%.1f s)", len(written), out_dir, time.perf_counter() - t0)
 
 
-def canonical(dataset: dict, raw_dir: str, out_dir: str, cases: list[str], cases_tsv: str, tracking: dict) -> None:
-    from fsmis.data import canonical as C
-    from fsmis.data import sources
+def fetch_weights(name: str, out: str, tracking: dict) -> None:
+    """Download a known pretrained weight file (``fsmis.data.weights``) to ``out``."""
+    import os
 
-    facts = sources.info(dataset["name"])
-    pairs = [(c, str(Path(raw_dir) / f"{c}_image.nii.gz"), str(Path(raw_dir) / f"{c}_label.nii.gz")) for c in cases]
+    from fsmis.data import weights
+
+    with _job("fetch_weights", tracking, {"weights": name}) as run:
+        t0 = time.perf_counter()
+        path = weights.fetch(name, Path(out).parent)
+        if path.resolve() != Path(out).resolve():
+            os.replace(path, out)  # the rule names the file by its key, not the URL's name
+        run.log_metrics({"bytes": Path(out).stat().st_size, "seconds": time.perf_counter() - t0})
+
+
+def download(record: str, name: str, out: str, tracking: dict) -> None:
+    """Download file ``name`` of Zenodo record ``record`` to ``out`` (resumed, retried,
+    verified by size and md5; see ``fsmis.data.zenodo``)."""
+    from fsmis.data import zenodo
+
+    with _job("download", tracking, {"record": record, "file": name}) as run:
+        t0 = time.perf_counter()
+        path = zenodo.download(record, name, Path(out).parent)
+        run.log_metrics({"bytes": path.stat().st_size, "seconds": time.perf_counter() - t0})
+
+
+def unpack(archive: str, out_dir: str, tracking: dict) -> None:
+    """Unpack a verified archive into ``out_dir``; no member may land outside it
+    (``fsmis.data.archives``)."""
+    from fsmis.data import archives
+
+    with _job("unpack", tracking, {"archive": Path(archive).name}) as run:
+        t0 = time.perf_counter()
+        files = archives.extract(archive, out_dir)
+        run.log_metrics({"files": len(files), "seconds": time.perf_counter() - t0})
+        log.info("%s: %d files -> %s", archive, len(files), out_dir)
+
+
+def canonical(dataset: dict, raw_dir: str, out_dir: str, cases: list[str], cases_tsv: str, tracking: dict) -> None:
+    """Validated canonical pairs of every case. The phantom's raw files are already
+    ``{case}_image/_label.nii.gz`` pairs; other datasets go through their adapter
+    (``fsmis.data.adapters``), which may convert (CHAOS DICOM + PNG) into a work folder
+    that is removed afterwards."""
+    import shutil
+    import tempfile
+
+    from fsmis.data import adapters
+    from fsmis.data import canonical as C
+
+    facts = adapters.facts(dataset)
     t0 = time.perf_counter()
     with _job("canonical", tracking, {"dataset": dataset}) as run:
-        table = C.build(pairs, out_dir, facts["label_map"], facts["modality"])
+        work = Path(tempfile.mkdtemp(prefix=".work-", dir=Path(out_dir).parent))
+        try:
+            if dataset["name"] == "phantom":
+                pairs = [(c, str(Path(raw_dir) / f"{c}_image.nii.gz"), str(Path(raw_dir) / f"{c}_label.nii.gz"))
+                         for c in cases]
+            else:
+                pairs = adapters.get(dataset["name"]).pairs(dataset, raw_dir, work, cases)
+            table = C.build(pairs, out_dir, facts["label_map"], facts["modality"])
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
         io.write_tsv(table, cases_tsv)
         run.log_metrics({
             "n_cases": len(table),
@@ -155,45 +207,55 @@ def splits(cases_tsv: str, n_folds: int, out: str, tracking: dict) -> None:
 
 # -- training ------------------------------------------------------------------------
 
-def _test_classes(config: dict, setting: str) -> list[str]:
-    from fsmis.data import sources
+def _groups(config: dict, setting: str) -> dict[str, list[str]]:
+    """``{group: test classes}`` of the models of one fold (``fsmis.settings``)."""
+    from fsmis import settings as S
+    from fsmis.data import adapters
 
-    if setting != "1":
-        raise NotImplementedError(
-            f"setting {setting!r} is not implemented yet: only setting 1 runs in this version (see the README)")
-    return list(sources.info(config["dataset"]["name"])["classes"])
+    facts = adapters.facts(config["dataset"])
+    return S.model_groups(setting, list(facts["classes"]), facts.get("label_groups") or [])
 
 
-def _train_meta(method: str, setting: str, fold: int, config: dict) -> dict:
+def _train_meta(method: str, setting: str, fold: int, group: str, config: dict) -> dict:
     from fsmis.models import registry
 
-    arch, params = registry.resolve(method, config)
+    arch, params = registry.resolve(method, config, setting)
     relevant = {k: config.get(k) for k in ("seed", "model", "train", "preprocess", "superpixels", "dataset")}
     relevant["method_params"] = params
-    return {"method": method, "architecture": arch, "setting": setting, "fold": fold,
+    return {"method": method, "architecture": arch, "setting": setting, "fold": fold, "group": group,
             "model": config["model"], "method_params": relevant["method_params"],
-            "config_hash": _config_hash({"method": method, "setting": setting, "fold": fold, **relevant})}
+            "config_hash": _config_hash({"method": method, "setting": setting, "fold": fold, "group": group,
+                                         **relevant})}
 
 
 def train(method: str, setting: str, fold: int, config: dict, splits_json: str, data_dir: str, classmap_json: str,
-          model_out: str, log_out: str, threads: int, tracking: dict) -> None:
+          model_out: str, log_out: str, threads: int, tracking: dict, group: str = "all") -> None:
+    """Train one model: ``method`` for ``fold`` under ``setting``, tested later on the
+    classes of ``group`` (``fsmis.settings``: "all" unless setting 2)."""
     import pandas as pd
     import torch
 
     from fsmis import checkpoint as ckpt
     from fsmis import train as T
-    from fsmis.data import normalize, sources
+    from fsmis.data import adapters, normalize
     from fsmis.data.episodes import SuperpixelEpisodes
     from fsmis.models import registry
 
+    from fsmis import settings as S
+
     _set_threads(threads)
-    _test_classes(config, setting)
-    facts = sources.info(config["dataset"]["name"])
+    groups = _groups(config, setting)
+    if group not in groups:
+        raise ValueError(f"setting {setting}: no label group {group!r}; groups: {', '.join(groups)}")
+    facts = adapters.facts(config["dataset"])
     split = io.read_json(splits_json)["folds"][int(fold)]
-    meta = _train_meta(method, setting, int(fold), config)
+    meta = _train_meta(method, setting, int(fold), group, config)
+    meta["test_classes"] = groups[group]
     seed = int(config["seed"]) + 1000 * int(fold)
-    params = {"method": method, "setting": setting, "fold": fold, "seed": seed, "model": config["model"],
-              "method_params": meta["method_params"], "train": config["train"], "train_cases": split["train"]}
+    excluded = S.excluded_slices(setting, groups[group], io.read_json(classmap_json), split["train"])
+    params = {"method": method, "setting": setting, "fold": fold, "group": group, "test_classes": groups[group],
+              "seed": seed, "model": config["model"], "method_params": meta["method_params"],
+              "train": config["train"], "train_cases": split["train"]}
     with _job("train", tracking, params) as run:
         images = [_array(data_paths(data_dir, c)["image"]) for c in split["train"]]
         stats = normalize.ct_statistics(images) if facts["modality"] == "CT" else None
@@ -209,11 +271,14 @@ def train(method: str, setting: str, fold: int, config: dict, splits_json: str, 
             return
         normed = [normalize.normalize(v, facts["modality"], stats) for v in images]
         sps = [_array(data_paths(data_dir, c)["superpixels"]) for c in split["train"]]
-        episodes = SuperpixelEpisodes(normed, sps, config["train"]["augment"], seed=seed,
+        dropped = {(vi, z) for vi, case in enumerate(split["train"]) for z in excluded[case]}
+        episodes = SuperpixelEpisodes(normed, sps, config["train"]["augment"], seed=seed, excluded=dropped,
                                       sampling=config["train"].get("superpixel_sampling", "uniform"))
+        run.log_metrics({"train_slices": len(episodes), "excluded_slices": len(dropped)})
         device = T.pick_device()
-        log.info("training %s fold %s on %d slices of %d scans, device %s, %d threads",
-                 method, fold, len(episodes), len(images), device, threads)
+        log.info("training %s fold %s (setting %s, group %s) on %d slices of %d scans (%d excluded), "
+                 "device %s, %d threads", method, fold, setting, group, len(episodes), len(images),
+                 len(dropped), device, threads)
         summary = T.train(model, episodes, config["train"], model_out, log_out, meta, device=device, tracker=run)
         run.log_metrics({"train_seconds": summary["seconds"], "final_loss": summary["final_loss"]})
         run.log_artifact(log_out)
@@ -236,87 +301,134 @@ def _load_scan(data_dir, case, modality, stats, need_image=True):
 
 
 def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: str, data_dir: str, classmap_json: str,
-             model_in: str | None, pred_dir: str, per_case_out: str, metrics_out: str, threads: int,
+             models: dict[str, str] | None, pred_dir: str, per_case_out: str, metrics_out: str, threads: int,
              tracking: dict) -> None:
+    """Evaluate one method on one fold under every configured protocol. ``models`` maps
+    each label group of the setting to its model.pt (None for mask_transfer): each
+    class is segmented by the model of its group."""
     import pandas as pd
     import SimpleITK as sitk
 
     from fsmis import checkpoint as ckpt
     from fsmis import evaluate as E
-    from fsmis.data import sources
+    from fsmis.data import adapters
     from fsmis.models import registry
     from fsmis.train import pick_device
 
     _set_threads(threads)
-    names = _test_classes(config, setting)
-    facts = sources.info(config["dataset"]["name"])
-    classes = {n: class_id(n) for n in names}
+    groups = _groups(config, setting)
+    names = [n for classes in groups.values() for n in classes]
+    facts = adapters.facts(config["dataset"])
     split = io.read_json(splits_json)["folds"][int(fold)]
     n_parts = int(config["evaluate"]["n_parts"])
-    params = {"method": method, "setting": setting, "fold": fold, "protocol": "oracle", "n_parts": n_parts,
-              "support": split["support"], "test_cases": split["test"]}
+    protocols = list(config["evaluate"]["protocols"])
+    if models is not None and set(models) != set(groups):
+        raise ValueError(f"setting {setting} needs models for groups {list(groups)}, got {list(models)}")
+    params = {"method": method, "setting": setting, "fold": fold, "protocols": protocols, "n_parts": n_parts,
+              "groups": groups, "support": split["support"], "test_cases": split["test"]}
     with _job("evaluate", tracking, params) as run:
+        run.set_tags({"setting": setting, "protocols": ",".join(protocols)})
         t0 = time.perf_counter()
-        if method == "mask_transfer":
-            predictor, stats, need_image = E.MaskTransferPredictor(), None, False
-        else:
-            state = ckpt.load(model_in)
-            meta = state["meta"]
-            model = registry.build(meta["architecture"], meta["model"], meta["method_params"])
-            model.load_state_dict(state["state_dict"])
-            predictor, stats, need_image = E.ModelPredictor(model, pick_device()), meta.get("norm"), True
-        support, _ = _load_scan(data_dir, split["support"], facts["modality"], stats, need_image)
-        queries, geometry = [], {}
-        for c in split["test"]:
-            scan, ref = _load_scan(data_dir, c, facts["modality"], stats, need_image)
-            queries.append(scan)
-            geometry[c] = ref
-        rows, preds = E.evaluate_oracle(predictor, support, queries, classes, n_parts=n_parts,
-                                        nsd_tolerance_mm=float(config["evaluate"].get("nsd_tolerance_mm", 2.0)))
+        rows, merged = [], {p: {} for p in protocols}
+        geometry = {}
+        for group, classes in groups.items():
+            if models is None:  # mask_transfer: no network, no image needed
+                predictor, stats, need_image = E.MaskTransferPredictor(), None, False
+            else:
+                state = ckpt.load(models[group])
+                meta = state["meta"]
+                model = registry.build(meta["architecture"], meta["model"], meta["method_params"])
+                model.load_state_dict(state["state_dict"])
+                predictor, stats, need_image = E.ModelPredictor(model, pick_device()), meta.get("norm"), True
+            support, _ = _load_scan(data_dir, split["support"], facts["modality"], stats, need_image)
+            queries = []
+            for c in split["test"]:
+                scan, ref = _load_scan(data_dir, c, facts["modality"], stats, need_image)
+                queries.append(scan)
+                geometry[c] = ref
+            group_rows, preds = E.evaluate_scans(
+                predictor, support, queries, {n: class_id(n) for n in classes}, protocols, n_parts=n_parts,
+                nsd_tolerance_mm=float(config["evaluate"].get("nsd_tolerance_mm", 2.0)))
+            rows += [{**r, "group": group} for r in group_rows]
+            for protocol, by_case in preds.items():
+                for case, vol in by_case.items():
+                    into = merged[protocol].setdefault(case, np.zeros_like(vol))
+                    into[vol > 0] = vol[vol > 0]
         Path(pred_dir).mkdir(parents=True, exist_ok=True)
-        for case, vol in preds.items():
-            img = sitk.GetImageFromArray(vol)
-            img.CopyInformation(geometry[case])
-            io.write_image(img, Path(pred_dir) / f"{case}.nii.gz")
+        for protocol, by_case in merged.items():
+            for case, vol in by_case.items():
+                img = sitk.GetImageFromArray(vol)
+                img.CopyInformation(geometry[case])
+                # oracle predictions keep the plain name; other protocols get a suffix
+                suffix = "" if protocol == "oracle" else f"_{protocol}"
+                io.write_image(img, Path(pred_dir) / f"{case}{suffix}.nii.gz")
         table = pd.DataFrame(rows)
         io.write_tsv(table, per_case_out)
-        summary = E.summarize(rows, names)
+        summaries = {p: E.summarize([r for r in rows if r["protocol"] == p], names) for p in protocols}
         result = {"method": method, "setting": setting, "fold": int(fold), "dataset": config["dataset"]["name"],
-                  "support": split["support"], "protocols": {"oracle": summary}}
+                  "support": split["support"], "groups": groups, "protocols": summaries}
         io.write_json(result, metrics_out)
-        run.log_metrics({**{f"dice_{k}": v for k, v in summary["dice"].items()}, "mean_dice": summary["mean_dice"],
-                         "eval_seconds": time.perf_counter() - t0})
+        logged = {"eval_seconds": time.perf_counter() - t0}
+        for p, summary in summaries.items():
+            logged[f"{p}/mean_dice"] = summary["mean_dice"]
+            logged.update({f"{p}/dice_{k}": v for k, v in summary["dice"].items()})
+        run.log_metrics({k: v for k, v in logged.items() if not np.isnan(v)})
         run.log_artifact(metrics_out)
-        log.info("%s fold %s: mean Dice %.3f %s (%.1f s)", method, fold, summary["mean_dice"],
-                 {k: round(v, 3) for k, v in summary["dice"].items()}, time.perf_counter() - t0)
+        for p, summary in summaries.items():
+            log.info("%s fold %s, setting %s, %s protocol: mean Dice %.3f %s (%.1f s)", method, fold, setting, p,
+                     summary["mean_dice"], {k: round(v, 3) for k, v in summary["dice"].items()},
+                     time.perf_counter() - t0)
 
 
 # -- report --------------------------------------------------------------------------
 
-def _qualitative_panels(metrics_paths, config, data_dir) -> list[dict]:
-    """One panel per class: the first query scan of the lowest evaluated fold of the
-    first setting, at the middle slice of the class's extent, with every method's
-    prediction there."""
-    from fsmis import evaluate as E
-    from fsmis.data import sources
+def _qualitative_panels(metrics_paths, config, data_dir, setting=None, protocol="oracle",
+                        splits_json=None, cache: dict | None = None) -> list[dict]:
+    """One panel per class for one setting and protocol: the first query scan of the
+    lowest evaluated fold, at the middle slice of the class's extent, with the support
+    slice of that chunk and every method's prediction there. Predictions are read from
+    ``predictions/<case>_<protocol>.nii.gz`` (or ``predictions/<protocol>/<case>.nii.gz``),
+    and for the oracle protocol from ``predictions/<case>.nii.gz``. ``cache`` (a dict)
+    keeps volumes read for one setting/protocol for the next."""
+    from fsmis import protocols as E
+    from fsmis.data import adapters
 
-    facts = sources.info(config["dataset"]["name"])
+    cache = {} if cache is None else cache
+
+    def read(path):
+        key = str(path)
+        if key not in cache:
+            cache[key] = _array(path)
+        return cache[key]
+
+    facts = adapters.facts(config["dataset"])  # classes in the papers' order
+    n_parts = int(config["evaluate"]["n_parts"])
+    setting = str(config["settings"][0] if setting is None else setting)
     by_method = {}
-    setting = str(config["settings"][0])
     for p in metrics_paths:
         m = io.read_json(p)
-        if str(m["setting"]) == setting:
+        if str(m["setting"]) == setting and protocol in m.get("protocols", {}):
             by_method.setdefault(m["method"], {})[int(m["fold"])] = Path(p).parent
     if not by_method:
         return []
     fold = min(min(f) for f in by_method.values())
-    splits_json = Path(metrics_paths[0]).parents[3] / "splits.json"
+    splits_json = splits_json or Path(metrics_paths[0]).parents[3] / "splits.json"
     split = io.read_json(splits_json)["folds"][fold]
     case = split["test"][0]
-    image = _array(data_paths(data_dir, case)["image"])
-    label = _array(data_paths(data_dir, case)["label"])
-    s_image = _array(data_paths(data_dir, split["support"])["image"])
-    s_label = _array(data_paths(data_dir, split["support"])["label"])
+    image = read(data_paths(data_dir, case)["image"])
+    label = read(data_paths(data_dir, case)["label"])
+    s_image = read(data_paths(data_dir, split["support"])["image"])
+    s_label = read(data_paths(data_dir, split["support"])["label"])
+    predicted = {}  # method -> label volume of this case, read once for all classes
+    for method, folds in by_method.items():
+        if fold in folds:
+            pred_dir = folds[fold] / "predictions"
+            candidates = [pred_dir / f"{case}_{protocol}.nii.gz", pred_dir / protocol / f"{case}.nii.gz"]
+            if protocol == "oracle":
+                candidates.insert(0, pred_dir / f"{case}.nii.gz")
+            found = next((c for c in candidates if c.exists()), None)
+            if found is not None:
+                predicted[method] = read(found)
     panels = []
     for name in facts["classes"]:
         cid = class_id(name)
@@ -324,40 +436,44 @@ def _qualitative_panels(metrics_paths, config, data_dir) -> list[dict]:
         if ext is None:
             continue
         z = (ext[0] + ext[1]) // 2
-        sz = E.support_slices(s_label, cid, int(config["evaluate"]["n_parts"]))[
-            E.chunk_of(z, ext[0], ext[1], int(config["evaluate"]["n_parts"]))]
-        preds = {}
-        for method, folds in by_method.items():
-            if fold in folds:
-                pred_file = folds[fold] / "predictions" / f"{case}.nii.gz"
-                if pred_file.exists():
-                    preds[method] = _array(pred_file)[z] == cid
-        panels.append({"class": name, "image": image[z], "ground_truth": label[z] == cid, "predictions": preds,
+        sz = E.support_slices(s_label, cid, n_parts)[E.chunk_of(z, ext[0], ext[1], n_parts)]
+        panels.append({"class": name, "image": image[z], "ground_truth": label[z] == cid,
+                       "predictions": {m: vol[z] == cid for m, vol in predicted.items()},
                        "support_image": s_image[sz], "support_mask": s_label[sz] == cid,
                        "case": case, "slice": z})
     return panels
 
 
 def report(metrics_paths: list[str], train_logs: list[str], config: dict, data_dir: str, out_dir: str,
-           tracking: dict) -> None:
+           tracking: dict, splits_json: str | None = None, published_csv: str | None = None) -> None:
+    """Every table and figure of the experiment from stored results (fsmis.report.build_report):
+    per configured setting and protocol, qualitative panels included. The reference of
+    the paired tests is ``config["report"]["reference"]`` (default ssl_alpnet)."""
     import pandas as pd
 
     from fsmis import report as R
-    from fsmis.data import sources
+    from fsmis.data import adapters
 
-    facts = sources.info(config["dataset"]["name"])
+    facts = adapters.facts(config["dataset"])  # classes in the papers' order
     method_order = list(config["methods"]) + list(config["baselines"])
-    with _job("report", tracking, {"n_metrics": len(metrics_paths)}) as run:
+    reference = str((config.get("report") or {}).get("reference", "ssl_alpnet"))
+    protocols = list(config.get("evaluate", {}).get("protocols", ["oracle"]))
+    slices = [(str(s), str(p)) for s in config["settings"] for p in protocols]
+    with _job("report", tracking, {"n_metrics": len(metrics_paths), "reference": reference}) as run:
         logs = {}
         for p in train_logs:
             df = pd.read_csv(p, sep="\t")
-            if len(df):
-                method, setting, fold = Path(p).parts[-4:-1]
-                logs[f"{method} {setting} {fold}"] = df
-        panels = _qualitative_panels(metrics_paths, config, data_dir)
+            if len(df):  # label: "<method> setting<s> fold<k> [<label group>]"
+                parts = Path(p).parts[:-1]
+                at = [i for i, part in enumerate(parts) if part.startswith("setting")]
+                logs[" ".join(parts[at[-1] - 1 if at else -3:])] = df
+        volumes: dict = {}  # read each scan once for all settings and protocols
+        panels = {(s, p): _qualitative_panels(metrics_paths, config, data_dir, s, p, splits_json, volumes)
+                  for s, p in slices}
         written = R.build_report(metrics_paths, out_dir, facts["classes"], method_order,
-                                 qualitative_panels=panels, train_logs=logs)
+                                 qualitative_panels=panels, train_logs=logs, dataset=config["dataset"]["name"],
+                                 published=published_csv, reference=reference, slices=slices)
         for p in written:
-            if str(p).endswith((".png", ".md", ".csv")):
+            if str(p).endswith((".png", ".md", ".csv", ".tex")):
                 run.log_artifact(p)
         log.info("report: %d files in %s", len(written), out_dir)

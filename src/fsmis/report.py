@@ -1,9 +1,11 @@
 """Tables and figures of one experiment, rebuilt from its stored ``metrics.json`` files.
 
 Nothing here trains or evaluates: the report reads each fold's ``metrics.json``
-(docs/contracts.md, "Evaluation outputs"; Dice as fractions) and lays the numbers out
-like the papers' tables, rows = methods, columns = organs and their mean, in percent,
-as mean ± standard deviation over folds.
+(docs/contracts.md, "Evaluation outputs"; Dice as fractions) and the ``per_case.tsv``
+beside it, and lays the numbers out like the papers' tables, rows = methods, columns =
+organs and their mean, in percent, as mean ± standard deviation over folds.
+:func:`build_report` adds the statistics over scans and the paired tests
+(``fsmis.stats``) and the tables beside the published numbers (``fsmis.paper_tables``).
 
 Averaging: a class's cell is the mean over folds of the fold's value (each fold's value
 is already the mean over that fold's test scans). The ``mean`` column first averages the
@@ -22,6 +24,7 @@ from __future__ import annotations
 import math
 import numbers
 import os
+import shutil
 from pathlib import Path
 from typing import Iterable, Mapping, Sequence
 
@@ -220,7 +223,7 @@ def write_tables(table: pd.DataFrame, out_dir: str | os.PathLike, stem: str, cap
         folds = sorted(set(int(n) for n in table[("n_folds", "")].dropna()))
         caption = f"Dice (%), mean ± standard deviation over folds (folds per method: {', '.join(map(str, folds))})."
     with atomic_path(md_path) as tmp:
-        tmp.write_text(markdown(formatted(table), caption))
+        tmp.write_text(markdown(formatted(table), caption), encoding="utf-8")
     return [str(csv_path), str(md_path)]
 
 
@@ -302,27 +305,38 @@ def slice_dice(prediction: np.ndarray, reference: np.ndarray) -> float:
     return float(2.0 * np.logical_and(prediction, reference).sum() / total) if total else math.nan
 
 
-def _show(ax, image) -> None:
+def _gray(image) -> np.ndarray:
+    """RGB of a slice, windowed to its 0.5-99.5 percentiles."""
     image = np.asarray(image, dtype=float)
     finite = image[np.isfinite(image)]
     lo, hi = (np.percentile(finite, [0.5, 99.5]) if finite.size else (0.0, 1.0))
-    ax.imshow(image, cmap="gray", vmin=lo, vmax=hi if hi > lo else lo + 1, interpolation="nearest")
-    ax.set_xticks([])
-    ax.set_yticks([])
+    gray = np.clip((np.nan_to_num(image, nan=lo) - lo) / (hi - lo if hi > lo else 1.0), 0.0, 1.0)
+    return np.repeat(gray[..., None], 3, axis=-1)
 
 
-def _fill(ax, mask, colour, alpha=0.45) -> None:
-    mask = np.asarray(mask, bool)
-    if mask.any():
-        rgba = np.zeros(mask.shape + (4,))
-        rgba[mask] = (*colour[:3], alpha)
-        ax.imshow(rgba, interpolation="nearest")
+def _boundary(mask: np.ndarray) -> np.ndarray:
+    """Pixels of ``mask`` with a 4-neighbour outside it (the image border counts as outside)."""
+    padded = np.pad(mask, 1)
+    inner = padded[:-2, 1:-1] & padded[2:, 1:-1] & padded[1:-1, :-2] & padded[1:-1, 2:]
+    return mask & ~inner
 
 
-def _outline(ax, mask, colour) -> None:
-    mask = np.asarray(mask, bool)
-    if mask.any() and not mask.all():
-        ax.contour(mask.astype(float), levels=[0.5], colors=[colour], linewidths=1.0)
+def _overlay(rgb, fill=None, fill_colour=None, outline=None, outline_colour=None, alpha=0.45) -> np.ndarray:
+    """Masks blended into an RGB slice in numpy: one imshow per panel instead of an
+    image, an overlay and a contour set (drawing those dominated the report's time)."""
+    out = rgb.copy()
+    if fill is not None:
+        fill = np.asarray(fill, bool)
+        out[fill] = (1 - alpha) * out[fill] + alpha * np.asarray(fill_colour[:3])
+    if outline is not None:
+        out[_boundary(np.asarray(outline, bool))] = outline_colour[:3]
+    return out
+
+
+def _draw(ax, rgb, title: str) -> None:
+    ax.imshow(rgb, interpolation="nearest")
+    ax.set_axis_off()
+    ax.set_title(title, fontsize="small")
 
 
 def qualitative_figure(
@@ -344,39 +358,38 @@ def qualitative_figure(
                 raise ValueError(
                     f"qualitative panel {panel['class']}: {name} has shape {np.shape(mask)}, image {shape}"
                 )
+    from matplotlib.figure import Figure
+
     methods = ordered_methods([m for p in panels for m in p["predictions"]], method_order)
-    n_cols = 3 + len(methods)
-    size = 2.0
-    fig = _figure(size * n_cols, size * len(panels) + 0.4)
+    n_cols, size = 3 + len(methods), 2.0
+    fig = Figure(figsize=(size * n_cols, size * len(panels) + 0.4))
     axes = fig.subplots(len(panels), n_cols, squeeze=False)
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / (size * len(panels) + 0.4),
+                        wspace=0.04, hspace=0.3)
     truth_colour, pred_colour, support_colour = (0.1, 0.8, 0.2), (1.0, 0.3, 0.1), (0.2, 0.6, 1.0)
     for row, panel in zip(axes, panels):
         name = str(panel["class"]).replace("_", " ")
-        ax = row[0]
         if panel.get("support_image") is not None:
-            _show(ax, panel["support_image"])
+            support = _gray(panel["support_image"])
             if panel.get("support_mask") is not None:
-                _outline(ax, panel["support_mask"], support_colour)
+                support = _overlay(support, outline=panel["support_mask"], outline_colour=support_colour)
+            _draw(row[0], support, f"support: {name}")
         else:
-            ax.axis("off")
-        ax.set_title(f"support: {name}", fontsize="small")
-        _show(row[1], panel["image"])
-        row[1].set_title("query", fontsize="small")
-        _show(row[2], panel["image"])
-        _fill(row[2], panel["ground_truth"], truth_colour)
-        row[2].set_title("ground truth", fontsize="small")
+            row[0].set_axis_off()
+            row[0].set_title(f"support: {name}", fontsize="small")
+        query = _gray(panel["image"])
+        _draw(row[1], query, "query")
+        _draw(row[2], _overlay(query, panel["ground_truth"], truth_colour), "ground truth")
         for ax, method in zip(row[3:], methods):
             prediction = panel["predictions"].get(method)
             if prediction is None:
-                ax.axis("off")
+                ax.set_axis_off()
                 ax.set_title(f"{method}\n(no prediction)", fontsize="small")
                 continue
-            _show(ax, panel["image"])
-            _fill(ax, prediction, pred_colour)
-            _outline(ax, panel["ground_truth"], truth_colour)
             dice = slice_dice(prediction, panel["ground_truth"])
             shown = "–" if math.isnan(dice) else f"{100 * dice:.1f}"
-            ax.set_title(f"{method}\nDice {shown}", fontsize="small")
+            rgb = _overlay(query, prediction, pred_colour, panel["ground_truth"], truth_colour)
+            _draw(ax, rgb, f"{method}\nDice {shown}")
     return _save(fig, path)
 
 
@@ -433,47 +446,123 @@ def _protocol_key(protocol: str) -> tuple:
     return (PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER), protocol)
 
 
+def _stem(setting: str, protocol: str) -> str:
+    return f"setting{setting}_{protocol}"
+
+
+def _slices(long_df: pd.DataFrame, expected: Iterable[tuple[str, str]] | None) -> list[tuple[str, str]]:
+    """The configured (setting, protocol) pairs, then any others the metrics hold."""
+    wanted = [(str(s), str(p)) for s, p in (expected or [])]
+    found = [(str(s), str(p)) for s, p in long_df[["setting", "protocol"]].drop_duplicates().itertuples(index=False)]
+    extra = sorted((sp for sp in found if sp not in wanted), key=lambda sp: (sp[0], _protocol_key(sp[1])))
+    return wanted + extra
+
+
+def _missing_slice(out_dir: Path, stem: str, setting: str, protocol: str) -> list[str]:
+    """Every file of a configured setting/protocol without results says so, rather than
+    the job failing on a missing output or an old file staying behind."""
+    text = f"No results for setting {setting}, {protocol} protocol: no metrics.json holds it."
+    names = [f"dice_{stem}.md", f"dice_{stem}.csv", f"stats_{stem}.md", f"stats_{stem}.csv",
+             f"paper_{stem}.md", f"paper_{stem}.csv", f"paper_{stem}.tex"]
+    content = {".md": text + "\n", ".csv": "method\n", ".tex": f"% {text}\n"}
+    written = []
+    for name in names:
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_text(content[Path(name).suffix], encoding="utf-8")
+        written.append(str(out_dir / name))
+    written += placeholder_figure(out_dir / f"dice_bars_{stem}.png", text.strip())
+    return written
+
+
 def build_report(
     metrics_paths: Iterable[str | os.PathLike],
     out_dir: str | os.PathLike,
     class_order: Sequence[str],
     method_order: Sequence[str] | None = None,
-    qualitative_panels: Sequence[Mapping] | None = None,
+    qualitative_panels: Sequence[Mapping] | Mapping[tuple[str, str], Sequence[Mapping]] | None = None,
     train_logs: Mapping[str, pd.DataFrame] | None = None,
     curve_smoothing: float = 0.0,
+    *,
+    dataset: str | None = None,
+    published: pd.DataFrame | str | os.PathLike | None = None,
+    reference: str = "ssl_alpnet",
+    slices: Sequence[tuple[str, str]] | None = None,
 ) -> list[str]:
     """Write every table and figure of an experiment into ``out_dir``; return the paths.
 
-    Per setting and protocol: ``dice_setting<setting>_<protocol>.csv/.md`` and
-    ``dice_bars_setting<setting>_<protocol>.png/.pdf``; always ``dice_per_fold.csv`` (the
-    long table, fractions); ``qualitative.png/.pdf`` if panels are given;
-    ``training_curves.png/.pdf`` (a placeholder figure when there is nothing to draw).
+    Per setting and protocol (``<stem>`` = ``setting<setting>_<protocol>``; every pair of
+    ``slices``, then any other the metrics hold):
+
+    - ``dice_<stem>.csv/.md``: our Dice, mean ± std over folds (:func:`dice_table`);
+    - ``stats_<stem>.csv/.md``: spread over folds and over scans, paired Wilcoxon test
+      against ``reference`` per organ and for the mean (``fsmis.stats``);
+    - ``paper_<stem>.md/.csv/.tex``: the paper-style table, published numbers beside
+      ours with the difference and the p-value (``fsmis.paper_tables``);
+    - ``dice_bars_<stem>.png/.pdf``; ``qualitative_<stem>.png/.pdf`` when
+      ``qualitative_panels`` maps (setting, protocol) to panels.
+
+    Always: ``dice_per_fold.csv`` (long, fractions), ``dice_per_case.csv`` (the
+    ``per_case.tsv`` rows of all folds, fractions), ``qualitative.png/.pdf`` (the panels
+    given as a list, else those of the first slice) and ``training_curves.png/.pdf``;
+    a figure with nothing to draw says so. A configured slice without results gets
+    files that say so. ``published``: a DataFrame or CSV path (default: the shipped CSV).
     """
+    from fsmis import paper_tables, stats
+
     out_dir = Path(out_dir)
+    metrics_paths = [Path(p) for p in metrics_paths]
     long_df = collect(metrics_paths)
+    cases = stats.read_cases(metrics_paths)
+    if not isinstance(published, pd.DataFrame):
+        published = paper_tables.load_published(published)
+    dataset = dataset or next((d for d in long_df["dataset"] if d), "unknown")
+    class_order = list(class_order or []) or list(dict.fromkeys(long_df["class"]))
     written: list[str] = []
-    per_fold = out_dir / "dice_per_fold.csv"
-    with atomic_path(per_fold) as tmp:
-        long_df.to_csv(tmp, index=False)
-    written.append(str(per_fold))
-    slices = long_df[["setting", "protocol"]].drop_duplicates()
-    for setting, protocol in sorted(slices.itertuples(index=False), key=lambda sp: (sp[0], _protocol_key(sp[1]))):
+    for name, frame in (("dice_per_fold.csv", long_df), ("dice_per_case.csv", cases)):
+        with atomic_path(out_dir / name) as tmp:
+            frame.to_csv(tmp, index=False)
+        written.append(str(out_dir / name))
+    panels_by_slice = qualitative_panels if isinstance(qualitative_panels, Mapping) else None
+    order = _slices(long_df, slices)
+    for setting, protocol in order:
+        stem = _stem(setting, protocol)
         part = long_df[(long_df["setting"] == setting) & (long_df["protocol"] == protocol)]
-        stem = f"setting{setting}_{protocol}"
-        table = dice_table(part, class_order, method_order)
-        written += write_tables(table, out_dir, f"dice_{stem}")
-        written += bar_figure(part, class_order, method_order, out_dir / f"dice_bars_{stem}.png",
-                              title=f"setting {setting}, {protocol} protocol")
-    # both figures always exist (the workflow declares them), with a note when empty
-    if qualitative_panels:
-        written += qualitative_figure(qualitative_panels, out_dir / "qualitative.png", method_order)
+        if part.empty:
+            written += _missing_slice(out_dir, stem, setting, protocol)
+        else:
+            table = dice_table(part, class_order, method_order)
+            written += write_tables(table, out_dir, f"dice_{stem}")
+            per_fold = fold_values(part, class_order) * 100.0
+            in_slice = cases[(cases["setting"] == setting) & (cases["protocol"] == protocol)]
+            summary = stats.summary_table(per_fold, in_slice, class_order, list(table.index), reference)
+            written += stats.write_summary(summary, out_dir, f"stats_{stem}", reference)
+            paper = paper_tables.paper_table(table, published, dataset, setting, class_order, protocol,
+                                             stats.tests_of(summary), reference)
+            written += paper_tables.write(paper, out_dir, f"paper_{stem}")
+            written += bar_figure(part, class_order, method_order, out_dir / f"dice_bars_{stem}.png",
+                                  title=f"setting {setting}, {protocol} protocol")
+        if panels_by_slice is not None:
+            written += _qualitative_or_note(panels_by_slice.get((setting, protocol)),
+                                            out_dir / f"qualitative_{stem}.png", method_order)
+    if panels_by_slice is not None and order:
+        # the first slice's figure under the stable name: a copy (drawing it costs seconds)
+        for ext in ("png", "pdf"):
+            with atomic_path(out_dir / f"qualitative.{ext}") as tmp:
+                shutil.copyfile(out_dir / f"qualitative_{_stem(*order[0])}.{ext}", tmp)
+            written.append(str(out_dir / f"qualitative.{ext}"))
     else:
-        written += placeholder_figure(out_dir / "qualitative.png", "no predictions to show")
+        written += _qualitative_or_note(qualitative_panels, out_dir / "qualitative.png", method_order)
     if train_logs:
         written += curve_figure(train_logs, out_dir / "training_curves.png", smoothing=curve_smoothing)
     else:
         written += placeholder_figure(out_dir / "training_curves.png", "no method was trained")
     return written
+
+
+def _qualitative_or_note(panels, path: Path, method_order) -> list[str]:
+    if panels:
+        return qualitative_figure(panels, path, method_order)
+    return placeholder_figure(path, "no predictions to show")
 
 
 def placeholder_figure(path: str | os.PathLike, text: str) -> list[str]:

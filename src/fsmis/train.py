@@ -25,7 +25,8 @@ from fsmis.models.ssl_alpnet import EmptyPrototypeSet
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ["step", "loss", "query_loss", "align_loss", "lr", "skipped", "elapsed_s", "steps_per_s", "eta_s"]
+LOG_COLUMNS = ["step", "loss", "query_loss", "align_loss", "other_loss", "lr", "skipped", "elapsed_s", "steps_per_s",
+               "eta_s"]
 
 
 def pick_device() -> torch.device:
@@ -82,13 +83,17 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
             log.warning("checkpoint %s belongs to another configuration; kept as %s, starting fresh", resume_path, stale)
 
     steps, every = int(cfg["steps"]), int(cfg["log_every"])
-    acc = {"loss": 0.0, "query_loss": 0.0, "align_loss": 0.0, "n": 0, "skipped": 0}
+    acc = {"loss": 0.0, "query_loss": 0.0, "align_loss": 0.0, "other_loss": 0.0, "n": 0, "skipped": 0}
+    # Methods whose own training losses need the query label (IPLSL's self-learning
+    # loss) say so; their extra losses come back weighted and are added as they are.
+    with_label = bool(getattr(model, "takes_query_label", False))
     t0 = time.perf_counter()
     elapsed_before = rows[-1]["elapsed_s"] if rows else 0.0
     for step in range(start + 1, steps + 1):
         batch = _to(episodes.sample(), device)
         try:
-            logits, aux = model(batch["sup_img"], batch["sup_fg"], batch["qry_img"])
+            extra = {"qry_label": batch["qry_label"]} if with_label else {}
+            logits, aux = model(batch["sup_img"], batch["sup_fg"], batch["qry_img"], **extra)
         except EmptyPrototypeSet:
             # reference behaviour with empty_bg="raise": skip the episode, count the step
             acc["skipped"] += 1
@@ -96,7 +101,8 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
             continue
         q_loss = segmentation_loss(logits, batch["qry_label"], cfg["bg_weight"], cfg["fg_weight"])
         a_loss = aux.get("align", torch.zeros((), device=device))
-        loss = q_loss + cfg["align_weight"] * a_loss
+        o_loss = sum((v for k, v in aux.items() if k != "align"), torch.zeros((), device=device))
+        loss = q_loss + cfg["align_weight"] * a_loss + o_loss
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -104,6 +110,7 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
         acc["loss"] += loss.item()
         acc["query_loss"] += q_loss.item()
         acc["align_loss"] += a_loss.item()
+        acc["other_loss"] += o_loss.item()
         acc["n"] += 1
         if step % every == 0 or step == steps:
             elapsed = elapsed_before + time.perf_counter() - t0
@@ -114,6 +121,7 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
                 "loss": acc["loss"] / n,
                 "query_loss": acc["query_loss"] / n,
                 "align_loss": acc["align_loss"] / n,
+                "other_loss": acc["other_loss"] / n,
                 "lr": opt.param_groups[0]["lr"],
                 "skipped": acc["skipped"],
                 "elapsed_s": round(elapsed, 2),
@@ -124,8 +132,9 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
             log.info("step %d/%d loss %.4f (query %.4f, align %.4f) lr %.2e | %.1f steps/s, %.0f s elapsed, %.0f s left",
                      step, steps, row["loss"], row["query_loss"], row["align_loss"], row["lr"], rate, elapsed, row["eta_s"])
             if tracker is not None:
-                tracker.log_metrics({k: row[k] for k in ("loss", "query_loss", "align_loss", "lr")}, step=step)
-            acc = {"loss": 0.0, "query_loss": 0.0, "align_loss": 0.0, "n": 0, "skipped": 0}
+                tracker.log_metrics({k: row[k] for k in ("loss", "query_loss", "align_loss", "other_loss", "lr")},
+                                    step=step)
+            acc = {"loss": 0.0, "query_loss": 0.0, "align_loss": 0.0, "other_loss": 0.0, "n": 0, "skipped": 0}
         if cfg.get("checkpoint_every") and step % int(cfg["checkpoint_every"]) == 0 and step < steps:
             ckpt.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                        "episodes": _episode_state(episodes), "torch_rng": torch.get_rng_state(), "step": step,

@@ -31,10 +31,6 @@ workflow.global_resources.setdefault("cpu_jobs", os.cpu_count() or 1)
 
 # --- dataset facts -----------------------------------------------------------------
 
-# Imaging modality of each dataset id; it selects the intensity handling of
-# preprocessing and superpixels. Grows with the dataset adapters (DESIGN.md section 4).
-DATASET_MODALITY = {"phantom": "CT"}
-
 # Registered methods (src/fsmis/models/registry.py). `untrained` is SSL-ALPNet's
 # network after 0 steps; `mask_transfer` has no model and is only evaluated. Named
 # variants (config `variants`) are trainable too (TRAINABLE, below).
@@ -45,6 +41,11 @@ REGISTERED = ["ssl_alpnet", "panet", "dspnet", "iplsl"]
 # invocation and would mark every job as outdated.
 PARENT_RUN_ENV = "FSMIS_MLFLOW_PARENT_RUN_ID"
 CONFIG_HASH_ENV = "FSMIS_CONFIG_HASH"
+# Folder where jobs record their MLflow runs for the handlers to store in one process
+# (importing MLflow in every job cost ~3 s of CPU each). Absolute: jobs may run
+# elsewhere (--directory, cluster nodes with the same shared filesystem).
+SPOOL_ENV = "FSMIS_MLFLOW_SPOOL"
+MLFLOW_SPOOL = Path("results/mlflow/spool").absolute()
 
 # The library shipped with this workflow: <repo>/src (this file is
 # <repo>/workflow/rules/common.smk).
@@ -52,6 +53,18 @@ SRC_DIR = (
     Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parents[1] / "src"
 )
 
+
+def fsmis_module(name):
+    """Import a module of fsmis (only standard-library ones at parse time); fall back to
+    the src/ tree beside this workflow when the package is not installed in the
+    Python that runs Snakemake."""
+    try:
+        return importlib.import_module(name)
+    except ImportError:
+        if (SRC_DIR / "fsmis").is_dir() and str(SRC_DIR) not in sys.path:
+            sys.path.insert(0, str(SRC_DIR))
+            return importlib.import_module(name)
+        raise
 
 def source_digest(relative):
     """Digest of a library source file. Passed as a param where the file *is* the data
@@ -66,6 +79,14 @@ def check_config(cfg):
     `--config` gives "1")."""
     cfg["settings"] = [str(s) for s in cfg["settings"]]
     cfg["folds"] = [int(f) for f in cfg["folds"]]
+    dataset = cfg["dataset"]
+    if isinstance(dataset.get("cases"), str) and dataset["cases"].isdigit():
+        dataset["cases"] = int(dataset["cases"])
+    for key in ("cases", "exclude"):  # case numbers given on the command line are text
+        if isinstance(dataset.get(key), list):
+            dataset[key] = [int(c) if isinstance(c, str) and c.isdigit() else c for c in dataset[key]]
+    if "subtask" in dataset:
+        dataset["subtask"] = int(dataset["subtask"])
     for key in ("settings", "folds"):
         if len(set(cfg[key])) != len(cfg[key]):
             raise WorkflowError(f"config: {key} lists an entry twice: {cfg[key]}")
@@ -98,7 +119,10 @@ def case_ids(dataset):
     """Case ids of a dataset, known from the config alone (the DAG stays static)."""
     if dataset["name"] == "phantom":
         return [f"phantom_{i:03d}" for i in range(dataset["n_cases"])]
-    raise WorkflowError(f"dataset {dataset['name']!r}: case list not implemented")
+    try:
+        return fsmis_module("fsmis.data.adapters").get(dataset["name"]).case_ids(dataset)
+    except (ValueError, OSError) as err:
+        raise WorkflowError(f"config: dataset {dataset['name']!r}: {err}") from None
 
 
 def config_hash(cfg):
@@ -115,7 +139,27 @@ check_config(config)
 
 EXPERIMENT = config["experiment"]
 DATASET = config["dataset"]["name"]
-MODALITY = DATASET_MODALITY[DATASET]
+# Dataset facts (modality, test classes, label groups, source): fsmis.data.sources,
+# completed from the config for nifti_folder (fsmis.data.adapters.facts).
+ADAPTERS = fsmis_module("fsmis.data.adapters")
+DATASET_FACTS = ADAPTERS.facts(config["dataset"])
+MODALITY = DATASET_FACTS["modality"]
+# "generated" (phantom), "zenodo" (downloaded), "manual" (registration-only, placed by
+# hand under dataset.root) or "local" (nifti_folder under dataset.root)
+SOURCE_KIND = DATASET_FACTS.get("source", {}).get("kind", "generated")
+# Zenodo files this config needs, {file name: record id}, and the folder each archive is
+# unpacked into, {folder name: file name} (fsmis.data.adapters.unpack_dir).
+DOWNLOADS = (
+    {f: str(r) for r, files in ADAPTERS.downloads(config["dataset"]).items() for f in files}
+    if SOURCE_KIND == "zenodo"
+    else {}
+)
+UNPACKED = {ADAPTERS.unpack_dir("", f).name: f for f in DOWNLOADS}
+# Where the canonical step finds the raw data.
+RAW_DIR = {
+    "generated": f"resources/{DATASET}/raw",
+    "zenodo": f"resources/{DATASET}/raw",
+}.get(SOURCE_KIND) or config["dataset"].get("root")
 CASES = case_ids(config["dataset"])
 FOLDS = config["folds"]
 SETTINGS = config["settings"]
@@ -127,6 +171,14 @@ TRAINABLE = REGISTERED + list(config["variants"]) + ["untrained"]
 TRAINED = METHODS + [b for b in BASELINES if b in TRAINABLE]
 EVALUATED = METHODS + BASELINES
 CONFIG_HASH = config_hash(config)
+# The models of one fold per setting: {setting: {group: test classes}} (fsmis.settings);
+# one group "all" except in setting 2 (one model per label group).
+GROUPS = {
+    setting: fsmis_module("fsmis.settings").model_groups(
+        setting, DATASET_FACTS["classes"], DATASET_FACTS.get("label_groups") or []
+    )
+    for setting in SETTINGS
+}
 
 
 # {ds} and {exp} only match the configured dataset and experiment: another value could
@@ -138,22 +190,33 @@ wildcard_constraints:
     method="[A-Za-z0-9_]+",
     setting="1|2|2all",
     fold=r"\d+",
+    file="|".join(re.escape(f) for f in DOWNLOADS) or "(?!)",
+    archive="|".join(re.escape(a) for a in UNPACKED) or "(?!)",
+    group="|".join(re.escape(g) for groups in GROUPS.values() for g in groups),
 
 
 # --- input functions ---------------------------------------------------------------
 
 
-def raw_images(wildcards):
-    """Raw files the canonical step reads, per dataset (only the phantom so far)."""
-    if wildcards.ds == "phantom":
-        return rules.generate_phantom.output.images
-    raise WorkflowError(f"dataset {wildcards.ds!r}: no fetch rule")
+def raw_inputs(wildcards):
+    """What the canonical step reads, per source: the phantom's generated pairs or the
+    unpacked archives; hand-placed data live outside the workflow (checked at start)."""
+    if SOURCE_KIND == "generated":
+        return rules.generate_phantom.output
+    if SOURCE_KIND == "zenodo":
+        return expand(rules.unpack.output.folder, ds=DATASET, archive=list(UNPACKED))
+    return []
 
 
-def raw_labels(wildcards):
-    if wildcards.ds == "phantom":
-        return rules.generate_phantom.output.labels
-    raise WorkflowError(f"dataset {wildcards.ds!r}: no fetch rule")
+def check_hand_placed_data():
+    """Registration-only and local datasets: stop before any job when the files are not
+    under dataset.root, with the page to get them from and the layout expected."""
+    if SOURCE_KIND not in ("manual", "local"):
+        return
+    try:
+        ADAPTERS.get(DATASET).check_source(config["dataset"], config["dataset"].get("root"))
+    except fsmis_module("fsmis.errors").InputError as err:
+        raise WorkflowError(str(err)) from None
 
 
 def pretrained_weights(wildcards):
@@ -164,19 +227,26 @@ def pretrained_weights(wildcards):
 
 
 def model_for_evaluation(wildcards):
-    """model.pt of the same method/setting/fold; mask_transfer has no model."""
+    """{group: model.pt} of the same method/setting/fold (one per label group in
+    setting 2); mask_transfer has no model."""
     if wildcards.method not in TRAINABLE:
-        return []
-    return expand(rules.train.output.model, **wildcards)
+        return {}
+    return {
+        group: expand(rules.train.output.model, group=group, **wildcards)[0]
+        for group in GROUPS[wildcards.setting]
+    }
 
 
 def method_params(wildcards):
     """What the method in the wildcard is built from: its architecture and
-    hyperparameters (a variant's overrides included), so editing them reruns it."""
+    hyperparameters (per-setting overrides and a variant's own values included), so
+    editing them reruns it. Mirrors fsmis.models.registry.resolve."""
     name = wildcards.method
     variant = config["variants"].get(name)
     arch = variant["method"] if variant else ("ssl_alpnet" if name == "untrained" else name)
     params = dict(config["method_params"].get(arch, {}))
+    by_setting = config["method_params_by_setting"].get(wildcards.setting, {})
+    params.update(by_setting.get(arch, {}))
     params.update(variant.get("params", {}) if variant else {})
     return {"architecture": arch, "params": params}
 
@@ -197,11 +267,21 @@ def evaluate_gpu(wildcards):
 
 
 def fold_outputs(pattern, methods):
-    """`pattern` for every method x setting x fold this config runs; {exp} stays a
-    wildcard (filled from the job that asks)."""
-    return expand(
-        pattern, method=methods, setting=SETTINGS, fold=FOLDS, allow_missing=True
-    )
+    """`pattern` for every method x setting x fold (x label group of the setting, when
+    the pattern has {group}) this config runs; {exp} stays a wildcard (filled from the
+    job that asks)."""
+    return [
+        path
+        for setting in SETTINGS
+        for path in expand(
+            pattern,
+            method=methods,
+            setting=setting,
+            fold=FOLDS,
+            group=list(GROUPS[setting]),
+            allow_missing=True,
+        )
+    ]
 
 
 def report_items(pattern, caption, category):
@@ -222,15 +302,8 @@ def report_items(pattern, caption, category):
 
 
 def fsmis_tracking():
-    """Import fsmis.tracking lazily; fall back to the src/ tree beside this workflow when
-    the package is not installed in the Python that runs Snakemake."""
-    try:
-        return importlib.import_module("fsmis.tracking")
-    except ImportError:
-        if (SRC_DIR / "fsmis").is_dir() and str(SRC_DIR) not in sys.path:
-            sys.path.insert(0, str(SRC_DIR))
-            return importlib.import_module("fsmis.tracking")
-        raise
+    """fsmis.tracking (imports MLflow lazily, only when the handlers call it)."""
+    return fsmis_module("fsmis.tracking")
 
 
 def parent_run_tags():

@@ -3,7 +3,7 @@
 
 rule evaluate:
     input:
-        model=model_for_evaluation,
+        models=lambda wc: list(model_for_evaluation(wc).values()),
         images=expand(rules.preprocess.output.image, ds=DATASET, case=CASES),
         labels=expand(rules.preprocess.output.label, ds=DATASET, case=CASES),
         classmap=expand(rules.classmap.output.classmap, ds=DATASET),
@@ -32,6 +32,8 @@ rule evaluate:
     params:
         seed=lookup(dpath="seed", within=config),
         evaluate=lookup(dpath="evaluate", within=config),
+        # {group: model.pt}; empty for mask_transfer
+        models=model_for_evaluation,
         method_params=method_params,
     script:
         "../scripts/evaluate.py"

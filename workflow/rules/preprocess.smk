@@ -4,8 +4,7 @@
 
 rule canonical:
     input:
-        images=raw_images,
-        labels=raw_labels,
+        raw=raw_inputs,
     output:
         images=expand("results/data/{{ds}}/canonical/{case}_image.nii.gz", case=CASES),
         labels=expand("results/data/{{ds}}/canonical/{case}_label.nii.gz", case=CASES),
@@ -17,6 +16,7 @@ rule canonical:
     params:
         dataset=lookup(dpath="dataset", within=config),
         cases=CASES,
+        raw_dir=RAW_DIR,
     script:
         "../scripts/canonical.py"
 

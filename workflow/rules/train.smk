@@ -1,4 +1,5 @@
-# Training, one job per method x setting x fold. The `untrained` baseline runs the same
+# Training, one job per method x setting x fold x label group (the group is "all" except
+# in setting 2, which trains one model per label group: fsmis.settings). The `untrained` baseline runs the same
 # rule with 0 steps. The library writes resumable `checkpoint.pt` files beside model.pt;
 # they are deliberately not declared, so Snakemake never deletes them when it removes the
 # outputs of a failed or incomplete job, and a rerun resumes from the last checkpoint.
@@ -13,12 +14,12 @@ rule train:
         splits=rules.splits.output.splits,
         pretrained=pretrained_weights,
     output:
-        model="results/{exp}/{method}/setting{setting}/fold{fold}/model.pt",
-        train_log="results/{exp}/{method}/setting{setting}/fold{fold}/train_log.tsv",
+        model="results/{exp}/{method}/setting{setting}/fold{fold}/{group}/model.pt",
+        train_log="results/{exp}/{method}/setting{setting}/fold{fold}/{group}/train_log.tsv",
     log:
-        "logs/train/{exp}/{method}/setting{setting}/fold{fold}.log",
+        "logs/train/{exp}/{method}/setting{setting}/fold{fold}/{group}.log",
     benchmark:
-        "results/benchmarks/train/{exp}/{method}/setting{setting}/fold{fold}.tsv"
+        "results/benchmarks/train/{exp}/{method}/setting{setting}/fold{fold}/{group}.tsv"
     wildcard_constraints:
         method="|".join(TRAINABLE),
     conda:

@@ -8,7 +8,7 @@ from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log
 
 pipeline.canonical(
     dataset=dict(snakemake.params.dataset),
-    raw_dir=parent(snakemake.input.images[0]),
+    raw_dir=str(snakemake.params.raw_dir),
     out_dir=parent(snakemake.output.images[0]),
     cases=strs(snakemake.params.cases),
     cases_tsv=one(snakemake.output.cases),

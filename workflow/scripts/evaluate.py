@@ -1,6 +1,6 @@
 """Job script of rule evaluate: see fsmis.pipeline.evaluate."""
 
-from fsmis_job import one, one_or_none, parent, start
+from fsmis_job import one, parent, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
@@ -15,7 +15,7 @@ pipeline.evaluate(
     # results/data/{ds}: the folder of classmap.json and preprocessed/
     data_dir=parent(snakemake.input.classmap),
     classmap_json=one(snakemake.input.classmap),
-    model_in=one_or_none(snakemake.input.model),  # None for mask_transfer
+    models=dict(snakemake.params.models) or None,  # {group: model.pt}; None for mask_transfer
     pred_dir=one(snakemake.output.predictions),
     per_case_out=one(snakemake.output.per_case),
     metrics_out=one(snakemake.output.metrics),

@@ -1,6 +1,6 @@
 """Job script of rule report: see fsmis.pipeline.report."""
 
-from fsmis_job import parent, start, strs
+from fsmis_job import one, parent, start, strs
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
@@ -14,4 +14,6 @@ pipeline.report(
     data_dir=parent(snakemake.input.classmap),
     out_dir=parent(snakemake.output.qualitative),
     tracking=tracking,
+    splits_json=one(snakemake.input.splits),
+    published_csv=one(snakemake.input.published),
 )

@@ -10,6 +10,7 @@ pipeline.train(
     method=snakemake.wildcards.method,
     setting=snakemake.wildcards.setting,
     fold=int(snakemake.wildcards.fold),
+    group=snakemake.wildcards.group,
     config=dict(snakemake.config),
     splits_json=one(snakemake.input.splits),
     # results/data/{ds}: the folder of classmap.json, preprocessed/ and superpixels/

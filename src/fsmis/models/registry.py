@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from fsmis.models import backbones
 from fsmis.models.dspnet import DSPNet
+from fsmis.models.iplsl import IPLSL
 from fsmis.models.panet import PANet
 from fsmis.models.ssl_alpnet import SSLALPNet
 
@@ -17,20 +18,25 @@ METHODS = {
     "ssl_alpnet": SSLALPNet,
     "panet": PANet,
     "dspnet": DSPNet,
+    "iplsl": IPLSL,
 }
 
 
-def resolve(name: str, config: dict) -> tuple[str, dict]:
+def resolve(name: str, config: dict, setting: str | None = None) -> tuple[str, dict]:
     """``(architecture, constructor keywords)`` of a method name in a workflow config:
     a registered method, a named variant (``config['variants']``: its ``params``
     override the method's ``method_params``), or the ``untrained`` baseline
-    (SSL-ALPNet's network)."""
+    (SSL-ALPNet's network). With ``setting``, the entries of
+    ``config['method_params_by_setting'][setting][architecture]`` override both (the
+    papers tune some values per setting, e.g. DSPNet's alpha and BCMA taps)."""
     variant = config.get("variants", {}).get(name)
     if variant:
         arch = variant["method"]
     else:
         arch = "ssl_alpnet" if name == "untrained" else name
     params = dict(config.get("method_params", {}).get(arch, {}))
+    if setting is not None:
+        params.update(config.get("method_params_by_setting", {}).get(str(setting), {}).get(arch, {}))
     if variant:
         params.update(variant.get("params", {}))
     return arch, params

@@ -1,0 +1,159 @@
+"""Compare methods from the MLflow store: one line per method, one column per fold.
+
+    python -m fsmis.compare --experiment demo [--store results/mlflow/mlflow.db]
+        [--metric mean_dice] [--setting 1] [--protocol oracle] [--format text|markdown|csv]
+
+Reads the child runs of the evaluate stage (tag ``stage = evaluate``) of the MLflow
+experiment named like the workflow experiment. A run is identified by its tags
+``method``, ``setting`` and ``fold`` (the rule's wildcards; params of the same name
+as a fallback). Only the newest finished run of each (method, setting, fold) counts:
+reruns after a code or config change replace older results, as the files on disk do.
+
+Metric names: a run evaluated under several protocols logs ``<protocol>/<metric>``
+(``<protocol>_<metric>`` and ``<protocol>.<metric>`` are accepted too); a bare
+``<metric>`` belongs to the protocol in the run's ``protocol`` param (older runs:
+``oracle``). Values are printed as logged (Dice as fractions); mean and sample std
+(ddof=1) over the folds present.
+
+The same numbers side by side in the browser:
+``mlflow ui --backend-store-uri sqlite:///results/mlflow/mlflow.db``, filter
+``tags.stage = 'evaluate'``, select runs, Compare.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import pandas as pd
+
+from fsmis import tracking
+
+
+def store_uri(store: str | None) -> str | None:
+    """A tracking URI from ``--store``: a URI as given, a file path as a SQLite URI."""
+    if store is None or "://" in store:
+        return store
+    return f"sqlite:///{Path(store).absolute()}"
+
+
+def _protocols_of(raw) -> list[str]:
+    """The run's ``protocol`` param: one name or a JSON list; absent means oracle."""
+    if raw is None or (isinstance(raw, float) and math.isnan(raw)) or raw == "":
+        return ["oracle"]
+    try:
+        value = json.loads(raw)
+    except (TypeError, ValueError):
+        value = raw
+    return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def metric_of(run: pd.Series, metric: str, protocol: str) -> float:
+    """The run's value of ``metric`` under ``protocol`` (NaN if it has none)."""
+    for key in (f"{protocol}/{metric}", f"{protocol}_{metric}", f"{protocol}.{metric}"):
+        value = run.get(f"metrics.{key}")
+        if value is not None and not pd.isna(value):
+            return float(value)
+    protocols = _protocols_of(run.get("params.protocol"))
+    bare = protocols[0] if len(protocols) == 1 else ("oracle" if "oracle" in protocols else None)
+    value = run.get(f"metrics.{metric}")
+    if bare == protocol and value is not None and not pd.isna(value):
+        return float(value)
+    return math.nan
+
+
+def _ident(runs: pd.DataFrame, name: str) -> pd.Series:
+    tag = runs.get(f"tags.{name}", pd.Series(index=runs.index, dtype=object))
+    param = runs.get(f"params.{name}", pd.Series(index=runs.index, dtype=object))
+    return tag.where(tag.notna() & (tag != ""), param)
+
+
+def newest_runs(runs: pd.DataFrame) -> pd.DataFrame:
+    """Finished runs with method/setting/fold, the newest of each (method, setting, fold)."""
+    if runs.empty:
+        return runs.assign(method=[], setting=[], fold=[])
+    runs = runs[runs["status"] == "FINISHED"].copy()
+    for name in ("method", "setting", "fold"):
+        runs[name] = _ident(runs, name)
+    runs = runs.dropna(subset=["method", "setting", "fold"])
+    runs["setting"] = runs["setting"].astype(str)
+    runs["fold"] = pd.to_numeric(runs["fold"], errors="coerce")
+    runs = runs.dropna(subset=["fold"]).astype({"fold": int})
+    runs = runs.sort_values(["start_time", "end_time"], kind="stable")
+    return runs.groupby(["method", "setting", "fold"], sort=True).tail(1)
+
+
+def compare_table(runs: pd.DataFrame, metric: str = "mean_dice", protocol: str = "oracle",
+                  setting: str | None = None) -> pd.DataFrame:
+    """Methods (and settings) x ``fold<k>`` columns, then ``mean``, ``std`` and ``n``
+    (folds with a value). ``runs``: :func:`fsmis.tracking.search` rows of evaluate runs."""
+    runs = newest_runs(runs)
+    if setting is not None:
+        runs = runs[runs["setting"] == str(setting)]
+    runs = runs.assign(value=[metric_of(r, metric, protocol) for _, r in runs.iterrows()]).dropna(subset=["value"])
+    if runs.empty:
+        return pd.DataFrame()
+    wide = runs.pivot_table(index=["method", "setting"], columns="fold", values="value", aggfunc="last")
+    folds = wide.columns
+    wide.columns = [f"fold{f}" for f in folds]
+    values = wide[[f"fold{f}" for f in folds]]
+    wide["mean"], wide["std"], wide["n"] = values.mean(axis=1), values.std(axis=1, ddof=1), values.count(axis=1)
+    if wide.index.get_level_values("setting").nunique() == 1:
+        wide = wide.droplevel("setting")
+    return wide
+
+
+def render(table: pd.DataFrame, fmt: str = "text", decimals: int = 4) -> str:
+    if fmt == "csv":
+        return table.to_csv(float_format=f"%.{decimals}f")
+    text = table.apply(lambda col: col.map(lambda v: "" if pd.isna(v) else (
+        str(int(v)) if col.name == "n" else f"{v:.{decimals}f}")))
+    if fmt == "markdown":
+        names = list(table.index.names)
+        head = "| " + " | ".join([*names, *text.columns]) + " |"
+        rule = "|" + "|".join([" --- "] * len(names) + [" ---: "] * len(text.columns)) + "|"
+        rows = []
+        for index, row in text.iterrows():
+            keys = index if isinstance(index, tuple) else (index,)
+            rows.append("| " + " | ".join([*map(str, keys), *row]) + " |")
+        return "\n".join([head, rule, *rows]) + "\n"
+    return text.to_string() + "\n"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m fsmis.compare", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--experiment", required=True, help="workflow experiment = MLflow experiment name")
+    parser.add_argument("--store", help="SQLite file or tracking URI (default: MLFLOW_TRACKING_URI, else "
+                                        "results/mlflow/mlflow.db)")
+    parser.add_argument("--metric", default="mean_dice", help="e.g. mean_dice, dice_liver (default mean_dice)")
+    parser.add_argument("--setting", help="only this setting (1, 2, 2all); default: all, one line each")
+    parser.add_argument("--protocol", default="oracle", help="oracle (default) or full")
+    parser.add_argument("--format", choices=["text", "markdown", "csv"], default="text")
+    args = parser.parse_args(argv)
+
+    uri = store_uri(args.store)
+    db = tracking.sqlite_path(uri or tracking.tracking_uri())
+    if db is not None and not db.is_file():
+        print(f"error: no MLflow store at {db}", file=sys.stderr)
+        return 2
+    runs = tracking.search(args.experiment, "tags.stage = 'evaluate'", uri=uri)
+    table = compare_table(runs, args.metric, args.protocol, args.setting)
+    if table.empty:
+        where = f", setting {args.setting}" if args.setting else ""
+        print(f"no finished evaluate run of experiment {args.experiment!r} has {args.metric} "
+              f"for the {args.protocol} protocol{where}", file=sys.stderr)
+        return 1
+    if args.format == "text":
+        where = f", setting {args.setting}" if args.setting else ""
+        print(f"{args.metric}, {args.protocol} protocol{where}; experiment {args.experiment}; newest finished "
+              f"evaluate run per method/setting/fold; mean and sample std over folds")
+    sys.stdout.write(render(table, args.format))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,160 @@
+"""Dataset adapters: a dataset's raw layout -> ``[(case, image, raw label), ...]``.
+
+``fsmis.data.canonical.build(pairs, out_dir, label_map, modality)`` then validates the
+pairs and maps the raw label values to canonical ids. Every adapter module exposes
+
+* ``case_ids(dataset_cfg) -> list[str]``: from the config alone, so the Snakemake DAG
+  is static (nifti_folder may read its local ``dataset.json`` / ``labelsTr/``).
+* ``check_source(dataset_cfg, root) -> None``: raises when the raw data are not where
+  they should be (``ManualDataMissing`` for registration-only datasets).
+* ``pairs(dataset_cfg, raw_dir, work_dir, cases) -> [(case, image_path, label_path)]``:
+  NIfTI paths; converted or filtered volumes are written to ``work_dir`` atomically.
+
+Downloaded archives are expected unpacked one folder per archive, ``unpack_dir``:
+``raw_dir/CHAOS_Train_Sets/...``, ``raw_dir/Subtask1/...``, ``raw_dir/Mask/...``. The
+adapters search below those folders, so an extra top-level folder inside an archive
+does not matter.
+
+Only the standard library is imported at module level (here and in every adapter): the
+Snakefile imports these modules at parse time and dry-runs must stay fast.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+
+from fsmis.data import sources
+from fsmis.errors import InputError
+
+# dataset id -> module in this package (both registration-only datasets share one)
+_MODULES = {
+    "chaos_mr": "chaos_mr",
+    "abdomenct1k": "abdomenct1k",
+    "synapse_ct": "manual",
+    "cmr_bssfp": "manual",
+    "nifti_folder": "nifti_folder",
+}
+_ARCHIVE_SUFFIXES = (".zip", ".7z", ".tar.gz", ".tgz", ".tar")
+
+
+class ManualDataMissing(InputError):
+    """A registration-only dataset is not where the config says; the message names the
+    dataset, the page to get it from, the exact layout expected and what is missing."""
+
+    def __init__(self, dataset: str, root, page: str, layout: str, missing: list[str], hint: str = ""):
+        self.dataset, self.page, self.layout, self.missing = dataset, page, layout, list(missing)
+        shown = "\n".join(f"  {m}" for m in missing[:10])
+        more = f"\n  ... and {len(missing) - 10} more" if len(missing) > 10 else ""
+        where = "dataset.root is not set" if root is None else f"dataset.root = {root}"
+        problem = (
+            f"dataset {dataset!r} is missing ({where}).\n"
+            f"It needs a registration and cannot be downloaded by the workflow: get it from\n  {page}\n"
+            f"and place it under dataset.root exactly like this:\n{layout.rstrip()}\n"
+            f"Missing:\n{shown}{more}" + (f"\n{hint}" if hint else "")
+        )
+        super().__init__("<dataset.root unset>" if root is None else root, problem)
+
+
+def get(name: str):
+    """The adapter module of dataset ``name``."""
+    try:
+        module = _MODULES[name]
+    except KeyError:
+        raise ValueError(f"no adapter for dataset {name!r}; adapters exist for: {', '.join(_MODULES)}") from None
+    return importlib.import_module(f"{__name__}.{module}")
+
+
+def unpack_dir(raw_dir, archive_name: str) -> Path:
+    """Where archive ``archive_name`` is unpacked: ``raw_dir/<name without suffix>``."""
+    name = Path(archive_name).name
+    for suffix in _ARCHIVE_SUFFIXES:
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+            break
+    return Path(raw_dir) / name
+
+
+def downloads(dataset_cfg: dict) -> dict[str, list[str]]:
+    """``{zenodo record id: [file names]}`` this config needs ({} for other sources)."""
+    module = get(dataset_cfg["name"])
+    if hasattr(module, "downloads"):
+        return module.downloads(dataset_cfg)
+    source = sources.info(dataset_cfg["name"])["source"]
+    return {r: list(f) for r, f in source.get("records", {}).items()}
+
+
+def facts(dataset_cfg: dict) -> dict:
+    """The dataset's facts (modality, label_map, classes, label_groups) with the entries
+    that come from the config (nifti_folder: None in ``sources.DATASETS``) filled in."""
+    out = dict(sources.info(dataset_cfg["name"]))
+    if dataset_cfg["name"] not in _MODULES:  # generated in-process (phantom): facts are static
+        return out
+    module = get(dataset_cfg["name"])
+    for key in ("modality", "label_map", "classes", "label_groups"):
+        if out.get(key) is None:
+            out[key] = getattr(module, key)(dataset_cfg)
+    return out
+
+
+def select_cases(all_ids: list[str], dataset_cfg: dict, id_of=None) -> list[str]:
+    """Apply ``dataset.exclude`` then ``dataset.cases`` to ``all_ids`` (kept in order).
+
+    ``cases``: None or "all" (default) = every case; an integer N = the first N cases;
+    a list = exactly those ids. Integers in ``cases``/``exclude`` lists are case numbers,
+    turned into ids by ``id_of`` (e.g. 5 -> "chaos_5").
+    """
+
+    def norm(c):
+        if id_of is not None and isinstance(c, int) and not isinstance(c, bool):
+            return id_of(c)
+        return str(c)
+
+    name = dataset_cfg.get("name", "?")
+    known = set(all_ids)
+    exclude = [norm(c) for c in dataset_cfg.get("exclude") or []]
+    bad = [c for c in exclude if c not in known]
+    if bad:
+        raise ValueError(f"dataset {name}: dataset.exclude names unknown cases {bad}; ids look like {all_ids[:3]}")
+    pool = [c for c in all_ids if c not in set(exclude)]
+    spec = dataset_cfg.get("cases")
+    if spec is None or spec == "all":
+        return pool
+    if isinstance(spec, int) and not isinstance(spec, bool):
+        if not 1 <= spec <= len(pool):
+            raise ValueError(f"dataset {name}: dataset.cases = {spec}, but there are {len(pool)} cases "
+                             f"({len(exclude)} excluded)")
+        return pool[:spec]
+    if isinstance(spec, (list, tuple)):
+        wanted = [norm(c) for c in spec]
+        bad = [c for c in wanted if c not in known]
+        if bad:
+            raise ValueError(f"dataset {name}: dataset.cases names unknown cases {bad}; ids look like {all_ids[:3]}")
+        dupes = sorted({c for c in wanted if wanted.count(c) > 1})
+        if dupes:
+            raise ValueError(f"dataset {name}: dataset.cases lists {dupes} more than once")
+        clash = sorted(set(wanted) & set(exclude))
+        if clash:
+            raise ValueError(f"dataset {name}: cases {clash} are both listed in dataset.cases and excluded")
+        chosen = set(wanted)
+        return [c for c in all_ids if c in chosen]
+    raise ValueError(f"dataset {name}: dataset.cases must be 'all', an integer or a list of ids, got {spec!r}")
+
+
+def find_files(root, pattern, what: str) -> dict[int, Path]:
+    """``{number: path}`` of the files below ``root`` whose name fully matches the regex
+    ``pattern`` (one group: the case number). macOS ``._*`` shadow files never match an
+    anchored pattern. The same number found twice is an error: which copy is meant would
+    be a guess."""
+    found: dict[int, Path] = {}
+    for dirpath, _dirs, files in os.walk(root):
+        for f in files:
+            m = pattern.fullmatch(f)
+            if not m:
+                continue
+            n, path = int(m.group(1)), Path(dirpath) / f
+            if n in found:
+                raise InputError(path, f"{what} {n} found twice: also {found[n]}; keep only one copy")
+            found[n] = path
+    return found

@@ -1,0 +1,242 @@
+"""Download pretrained backbone weights (torchvision state dicts), verified by sha256.
+
+The papers' encoder is torchvision's DeepLabV3-ResNet101 with COCO weights. torchvision
+names its files ``<name>-<h>.pth`` where ``<h>`` is the first 8 hex digits of the
+file's sha256 (what its own ``check_hash`` verifies); :data:`KNOWN` records that
+prefix, and the full sha256 where an entry gives one (``"sha256"``).
+
+:func:`fetch` uses the resumable, retrying transfer of :mod:`fsmis.data.zenodo`
+(:func:`~fsmis.data.zenodo.fetch_url`): the file is streamed to ``<file>.part``
+(resumed with a Range request after an interruption), its sha256 checked, then it is
+loaded once with ``torch.load(weights_only=True)`` to make sure it is a state dict with
+a ResNet stem (``backbone.conv1.weight`` or ``conv1.weight``), renamed to ``<file>``,
+and a sidecar ``<file>.sha256`` (``sha256sum`` format) is written. A rerun that finds
+the file and a matching sidecar downloads (and reads) nothing.
+
+The download folder defaults to the entry's URL; ``base_url`` or ``$FSMIS_WEIGHTS_URL``
+(a folder URL; the file name is appended) point elsewhere, for tests and offline
+mirrors.
+
+Command line: ``python -m fsmis.data.weights NAME --dest DIR`` (no NAME: list them).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import re
+import sys
+import urllib.parse
+from collections.abc import Mapping
+from pathlib import Path
+
+from fsmis.data.zenodo import (
+    DigestMismatch,
+    DownloadError,
+    _read_sidecar,
+    _write_sidecar,
+    fetch_url,
+    file_digest,
+)
+from fsmis.errors import InputError
+
+__all__ = ["KNOWN", "URL_ENV", "WeightsError", "WeightsChecksumError", "fetch", "file_name",
+           "check_state_dict", "main"]
+
+URL_ENV = "FSMIS_WEIGHTS_URL"
+_TORCHVISION = "https://download.pytorch.org/models"
+
+#: name -> {"url", "sha256_prefix", "file"[, "sha256"]}; ``file`` is the last part of ``url``
+KNOWN: dict[str, dict[str, str]] = {
+    "deeplabv3_resnet101_coco": {
+        "url": f"{_TORCHVISION}/deeplabv3_resnet101_coco-586e9e4e.pth",
+        "sha256_prefix": "586e9e4e",
+        "file": "deeplabv3_resnet101_coco-586e9e4e.pth",
+    },
+    "resnet101_imagenet": {  # torchvision ResNet101_Weights.IMAGENET1K_V1
+        "url": f"{_TORCHVISION}/resnet101-63fe2227.pth",
+        "sha256_prefix": "63fe2227",
+        "file": "resnet101-63fe2227.pth",
+    },
+    "resnet50_imagenet": {  # torchvision ResNet50_Weights.IMAGENET1K_V1
+        "url": f"{_TORCHVISION}/resnet50-0676ba61.pth",
+        "sha256_prefix": "0676ba61",
+        "file": "resnet50-0676ba61.pth",
+    },
+}
+
+#: a state dict must hold one of these to be a ResNet we can load
+STEM_KEYS = ("backbone.conv1.weight", "conv1.weight")
+
+_HASH_SUFFIX = re.compile(r"-([0-9a-f]{8,64})\.[^.]+$")
+
+_log = logging.getLogger(__name__)
+
+
+class WeightsError(DownloadError):
+    """Weights could not be fetched: unknown name, not found, or failed after the retries."""
+
+
+class WeightsChecksumError(InputError):
+    """The downloaded bytes do not have the sha256 the table states."""
+
+    def __init__(self, path, expected: str, actual: str, detail: str = ""):
+        self.expected, self.actual = expected, actual
+        super().__init__(path, f"sha256 mismatch: expected {expected}, got {actual}{detail}")
+
+
+def _entry(name: str) -> dict[str, str]:
+    try:
+        entry = KNOWN[name]
+    except KeyError:
+        raise WeightsError(f"unknown weights {name!r}; known: {', '.join(sorted(KNOWN))}") from None
+    file = entry["file"]
+    if file in ("", ".", "..") or "/" in file or "\\" in file:
+        raise WeightsError(f"weights {name!r}: refusing file name {file!r}")
+    prefix = entry["sha256_prefix"].lower()
+    full = entry.get("sha256", "").lower()
+    if len(prefix) < 8 or not re.fullmatch(r"[0-9a-f]+", prefix) or (full and not full.startswith(prefix)):
+        raise WeightsError(f"weights {name!r}: bad sha256 in the table ({prefix!r}, {full!r})")
+    m = _HASH_SUFFIX.search(file)
+    if m and not (m.group(1).startswith(prefix) or prefix.startswith(m.group(1))):
+        raise WeightsError(f"weights {name!r}: file name {file!r} carries a different hash than {prefix}")
+    return entry
+
+
+def file_name(name: str) -> str:
+    """File name of weights ``name`` (what :func:`fetch` writes into ``dest_dir``)."""
+    return _entry(name)["file"]
+
+
+def _expected(entry: dict[str, str]) -> str:
+    full = entry.get("sha256", "").lower()
+    return full or f"{entry['sha256_prefix'].lower()}..."
+
+
+def _matches(entry: dict[str, str], digest: str | None) -> bool:
+    if not digest:
+        return False
+    digest = digest.lower()
+    full = entry.get("sha256", "").lower()
+    return digest == full if full else digest.startswith(entry["sha256_prefix"].lower())
+
+
+def url_of(name: str, base_url: str | None = None) -> str:
+    """Download URL of weights ``name``: ``base_url`` / ``$FSMIS_WEIGHTS_URL`` + file, or the table's."""
+    entry = _entry(name)
+    base = base_url or os.environ.get(URL_ENV)
+    if base:
+        return f"{base.rstrip('/')}/{urllib.parse.quote(entry['file'])}"
+    return entry["url"]
+
+
+def check_state_dict(path, report_as=None) -> None:
+    """Raise InputError unless ``path`` loads (weights only) as a ResNet state dict."""
+    import torch  # deferred: listing and --help need no torch
+
+    shown = report_as or path
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a bad file
+        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        raise InputError(shown, f"not a loadable PyTorch state dict ({type(err).__name__}: {detail})") from None
+    if not isinstance(state, Mapping):
+        raise InputError(shown, f"holds a {type(state).__name__}, not a state dict")
+    if not any(key in state for key in STEM_KEYS):
+        first = ", ".join(map(str, list(state)[:5])) or "(empty)"
+        raise InputError(
+            shown, f"state dict has no {' or '.join(STEM_KEYS)} (not a ResNet backbone?); first keys: {first}"
+        )
+
+
+def fetch(
+    name: str,
+    dest_dir,
+    base_url: str | None = None,
+    retries: int = 5,
+    backoff_s: float = 2.0,
+    timeout_s: float = 60.0,
+    progress_s: float = 5.0,
+    log: logging.Logger | None = None,
+) -> Path:
+    """Download weights ``name`` (a key of :data:`KNOWN`) into ``dest_dir``; return the file.
+
+    Verified by sha256 (prefix, or full digest where known) and loaded once as a state
+    dict; a rerun that finds the file and its ``.sha256`` sidecar does nothing. Raises
+    :class:`WeightsChecksumError` (nothing left on disk) when the bytes are wrong after
+    the retries, :class:`~fsmis.errors.InputError` when they are not a ResNet state
+    dict (deleted too), and :class:`WeightsError` when the download fails.
+    """
+    log = log or _log
+    entry = _entry(name)
+    url = url_of(name, base_url)
+    dest_dir = Path(dest_dir)
+    dest_dir.mkdir(parents=True, exist_ok=True)
+    final = dest_dir / entry["file"]
+    part = dest_dir / f"{entry['file']}.part"
+    sidecar = dest_dir / f"{entry['file']}.sha256"
+
+    if final.exists():
+        recorded = _read_sidecar(sidecar)
+        if _matches(entry, recorded) and sidecar.stat().st_mtime_ns >= final.stat().st_mtime_ns:
+            log.info("%s: already downloaded and verified (sha256 %s)", final, recorded)
+            return final
+        # No/old sidecar (e.g. a run died between rename and sidecar): verify the bytes.
+        digest = file_digest(final, "sha256")
+        if _matches(entry, digest):
+            check_state_dict(final)
+            _write_sidecar(sidecar, digest, final.name)
+            log.info("%s: present and verified (sha256 %s)", final, digest)
+            return final
+        log.warning("%s: sha256 %s is not the expected %s; downloading it again", final, digest, _expected(entry))
+        final.unlink()
+        sidecar.unlink(missing_ok=True)
+
+    log.info("%s: downloading %s from %s", final.name, name, url)
+    try:
+        digest = fetch_url(
+            url, part, lambda d: _matches(entry, d), _expected(entry), name=final.name,
+            size=int(entry["size"]) if entry.get("size") else None, hash_name="sha256",
+            retries=retries, backoff_s=backoff_s, timeout_s=timeout_s, progress_s=progress_s,
+            log=log, error=WeightsError,
+        )
+    except DigestMismatch as err:
+        raise WeightsChecksumError(
+            final, _expected(entry), err.actual,
+            f" after {retries + 1} attempts (from {url}); deleted the partial file",
+        ) from None
+    try:
+        check_state_dict(part, report_as=final)
+    except InputError:
+        part.unlink(missing_ok=True)
+        raise
+    os.replace(part, final)
+    _write_sidecar(sidecar, digest, final.name)
+    log.info("%s: verified (sha256 %s) and loads as a state dict", final, digest)
+    return final
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Download verified pretrained backbone weights.")
+    parser.add_argument("name", nargs="?", help=f"one of: {', '.join(KNOWN)} (none: list them)")
+    parser.add_argument("--dest", default=".", help="target folder (default: .)")
+    parser.add_argument("--base-url", default=None, help=f"folder URL to fetch from (default: ${URL_ENV} "
+                        "or the table's URL)")
+    parser.add_argument("--retries", type=int, default=5)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    if not args.name:
+        for key, entry in KNOWN.items():
+            print(f"{key}\t{entry['file']}\t{entry['sha256_prefix']}\t{url_of(key, args.base_url)}")
+        return 0
+    try:
+        print(fetch(args.name, args.dest, args.base_url, args.retries))
+    except (DownloadError, InputError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

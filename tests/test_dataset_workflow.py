@@ -1,0 +1,108 @@
+"""Real datasets through the workflow: the DAG each paper preset implies, the early stop
+for a missing hand-placed dataset, and a fake Zenodo record of CHAOS taken through
+download -> unpack -> canonical -> preprocess by the real rules and code.
+"""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import fake_datasets
+import pytest
+import SimpleITK as sitk
+import yaml
+from fake_zenodo import FakeZenodo
+from test_workflow import dry_run, run_snakemake
+
+REPO = Path(__file__).resolve().parents[1]
+PRESETS = REPO / "workflow" / "presets"
+
+
+def preset_dry_run(tmp_path, name, *extra):
+    return dry_run(tmp_path, "--replace-workflow-config", *extra, configfile=PRESETS / f"{name}.yaml")
+
+
+# methods ssl_alpnet, panet, dspnet, iplsl + baselines untrained (a 0-step model) and
+# mask_transfer (evaluated only): 5 models and 6 evaluated rows per fold and setting.
+# Setting 2 trains one model per label group (2 groups on the abdominal datasets).
+@pytest.mark.parametrize(
+    ("preset", "n_cases", "downloads", "settings_models", "n_settings"),
+    [
+        ("abd-mri", 20, 1, 1 + 2, 2),  # CHAOS_Train_Sets.zip; settings 1 and 2
+        ("abd-ct", 30, 0, 1 + 2, 2),  # Synapse: placed by hand, nothing downloaded
+        ("card-mri", 35, 0, 1, 1),  # MS-CMRSeg: setting 1 only
+        ("abdomenct1k", 50, 1, 1 + 2, 2),  # Subtask1.zip; the first 50 cases
+    ],
+)
+def test_preset_dag_from_download_to_report(tmp_path, preset, n_cases, downloads, settings_models, n_settings):
+    counts = preset_dry_run(tmp_path, preset)
+    assert counts.get("download", 0) == downloads
+    assert counts.get("unpack", 0) == downloads
+    assert counts["fetch_weights"] == 1  # the COCO DeepLabV3 weights of model.pretrained
+    assert counts["canonical"] == 1
+    assert counts["preprocess"] == counts["superpixels"] == n_cases
+    assert counts["train"] == 5 * 5 * settings_models
+    assert counts["evaluate"] == 6 * 5 * n_settings
+    assert counts["report"] == 1 and "generate_phantom" not in counts
+
+
+def test_abdomenct1k_full_release_downloads_every_part(tmp_path):
+    counts = preset_dry_run(tmp_path, "abdomenct1k", "--config", "dataset={name: abdomenct1k, form: full, cases: 20}")
+    assert counts["download"] == counts["unpack"] == 4  # three image parts and Mask.7z
+    assert counts["preprocess"] == 20
+
+
+def test_missing_hand_placed_dataset_stops_before_any_job(tmp_path):
+    start = time.perf_counter()
+    result = run_snakemake(
+        tmp_path, "--cores", "2", "--replace-workflow-config",
+        "--config", f"dataset={{name: synapse_ct, root: {tmp_path / 'nowhere'}}}",
+        configfile=PRESETS / "abd-ct.yaml",
+    )
+    seconds = time.perf_counter() - start
+    out = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "synapse" in out.lower() and "https://" in out  # the page to get it from
+    assert "img0001.nii.gz" in out  # the layout expected
+    assert "rule " not in out.split("synapse", 1)[0]  # no job started before the message
+    assert not (tmp_path / "resources" / "weights").exists() and not (tmp_path / "results" / "data").exists()
+    assert seconds < 60
+
+
+@pytest.mark.slow
+def test_chaos_from_a_fake_zenodo_record_to_preprocessed_volumes(tmp_path):
+    source = fake_datasets.chaos(patients=(1, 2), n_slices=4)
+    config = {
+        "experiment": "chaos-fake", "dataset": {"name": "chaos_mr", "cases": [1, 2]}, "n_folds": 2,
+        "folds": [0, 1], "preprocess": {"image_size": 32},
+    }
+    (tmp_path / "fake.yaml").write_text(yaml.safe_dump(config))
+    targets = [f"results/data/chaos_mr/preprocessed/chaos_{n}_{kind}.nii.gz" for n in (1, 2)
+               for kind in ("image", "label")]
+    with FakeZenodo(source.records) as server:
+        env = {k: v for k, v in os.environ.items() if k not in ("SNAKEMAKE_PROFILE", "MLFLOW_TRACKING_URI")}
+        env["FSMIS_ZENODO_API"] = server.api_base
+        env["FSMIS_TRACKING"] = "off"
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(tmp_path), "--configfile", str(tmp_path / "fake.yaml"), "--workflow-profile", "none",
+               "--cores", "2", *targets]
+        first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-6000:]
+        assert server.count("CHAOS_Train_Sets.zip") == 1
+        again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert again.returncode == 0 and server.count("CHAOS_Train_Sets.zip") == 1  # nothing downloaded again
+    archive = tmp_path / "resources" / "chaos_mr" / "downloads" / "CHAOS_Train_Sets.zip"
+    assert archive.read_bytes() == source.records["3431873"]["CHAOS_Train_Sets.zip"]  # kept, verified
+    for n in (1, 2):
+        image = sitk.ReadImage(str(tmp_path / f"results/data/chaos_mr/preprocessed/chaos_{n}_image.nii.gz"))
+        label = sitk.ReadImage(str(tmp_path / f"results/data/chaos_mr/preprocessed/chaos_{n}_label.nii.gz"))
+        # MRI preprocessing: 1.25 x 1.25 mm in-plane, 7.7 mm slices, centre crop/pad to image_size
+        assert image.GetSpacing() == pytest.approx((1.25, 1.25, 7.7))
+        assert image.GetSize()[:2] == (32, 32)
+        assert image.GetSize() == label.GetSize()
+        values = set(sitk.GetArrayViewFromImage(label).ravel().tolist())
+        assert values <= {0, 1, 2, 3, 4} and len(values) > 1  # canonical ids, organs kept
+    cases = (tmp_path / "results/data/chaos_mr/cases.tsv").read_text()
+    assert "chaos_1" in cases and "chaos_2" in cases
