@@ -27,6 +27,7 @@ TINY = {
     "model": {"backbone": "small_cnn", "feature_dim": 16},
     "n_folds": 3,
     "folds": [0],
+    "settings": ["1", "2"],
     "methods": ["ssl_alpnet"],
     "baselines": ["untrained", "mask_transfer"],
     "train": {"steps": 6, "checkpoint_every": 3, "log_every": 2},
@@ -70,6 +71,25 @@ def test_report_and_metrics_exist(run):
     assert preds == ["phantom_000.nii.gz", "phantom_000_full.nii.gz", "phantom_001.nii.gz", "phantom_001_full.nii.gz"]
 
 
+def test_setting_2_trains_a_model_per_label_group_and_evaluates_with_it(run):
+    wd, _ = run
+    fold = wd / "results/tiny/ssl_alpnet/setting2/fold0"
+    assert sorted(p.name for p in fold.iterdir() if (p / "model.pt").exists()) == [
+        "left_kidney+right_kidney", "liver+spleen"]
+    metrics = json.loads((fold / "metrics.json").read_text())
+    assert metrics["groups"] == {"left_kidney+right_kidney": ["left_kidney", "right_kidney"],
+                                 "liver+spleen": ["liver", "spleen"]}
+    assert set(metrics["protocols"]["oracle"]["dice"]) == {"left_kidney", "right_kidney", "spleen", "liver"}
+    per_case = pd.read_csv(fold / "per_case.tsv", sep="\t")
+    assert set(zip(per_case["class"], per_case["group"])) == {
+        ("left_kidney", "left_kidney+right_kidney"), ("right_kidney", "left_kidney+right_kidney"),
+        ("liver", "liver+spleen"), ("spleen", "liver+spleen")}
+    # the kidney model never saw a slice with a kidney: its training log says how many went
+    log_text = (wd / "logs/train/tiny/ssl_alpnet/setting2/fold0/left_kidney+right_kidney.log").read_text()
+    assert "excluded" in log_text
+    assert (wd / "results/tiny/report/paper_setting2_oracle.md").exists()
+
+
 def test_mlflow_store_holds_a_parent_and_a_child_per_job(run):
     wd, _ = run
     db = wd / "results" / "mlflow" / "mlflow.db"
@@ -81,8 +101,9 @@ def test_mlflow_store_holds_a_parent_and_a_child_per_job(run):
     assert len(parents) == 1
     children = {r for r, k, _ in tags if k == "mlflow.parentRunId"}
     # 1 fetch + 1 canonical + 4 preprocess + 1 classmap + 4 superpixels + 1 splits
-    # + 2 train + 3 evaluate + 1 report
-    assert len(children) == 18
+    # + 6 train (ssl_alpnet and untrained: setting 1 one model, setting 2 one per label
+    # group) + 6 evaluate (3 rows x 2 settings) + 1 report
+    assert len(children) == 25
     keys = {k for (k,) in con.execute("select distinct key from metrics")}
     assert {"loss", "oracle/mean_dice", "oracle/dice_liver", "full/mean_dice"} <= keys
     status = dict(con.execute("select run_uuid, status from runs").fetchall())

@@ -321,3 +321,26 @@ def test_spool_record_that_cannot_be_stored_is_kept(tmp_path, monkeypatch, caplo
         assert tracking.flush_spool(spool) == 0
     assert "storing the recorded run" in caplog.text
     assert len(list(spool.glob("*.jsonl"))) == 1
+
+
+def test_flatten_makes_keys_mlflow_accepts(store):
+    flat = tracking.flatten({"groups": {"left_kidney+right_kidney": ["left_kidney", "right_kidney"]}})
+    assert flat == {"groups.left_kidney_right_kidney": '["left_kidney", "right_kidney"]'}
+    with tracking.job_run("evaluate", "demo", params={"groups": {"liver+spleen": ["liver"]}}, tags={}) as run:
+        run.log_metrics({"oracle/mean_dice": 0.5})
+    row = tracking.search("demo").iloc[0]
+    assert row["params.groups.liver_spleen"] == '["liver"]' and row["status"] == "FINISHED"
+
+
+def test_a_spooled_run_whose_logging_fails_is_stored_once_and_closed(store, tmp_path, monkeypatch):
+    spool = tmp_path / "spool"
+    monkeypatch.setenv(tracking.SPOOL_ENV, str(spool))
+    with tracking.job_run("evaluate", "demo", params={}, tags={}) as run:
+        run.log_metrics({"oracle/mean_dice": 0.5})
+        run._write({"type": "params", "items": {"bad+key": "1"}})  # refused by MLflow
+    monkeypatch.setenv(tracking.STRICT_ENV, "0")
+    assert tracking.flush_spool(spool) == 1
+    assert tracking.flush_spool(spool) == 0  # nothing left to store again
+    runs = tracking.search("demo")
+    assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
+    assert runs.iloc[0]["metrics.oracle/mean_dice"] == 0.5

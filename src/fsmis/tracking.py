@@ -45,6 +45,7 @@ import json
 import logging
 import os
 import random
+import re
 import shutil
 import sqlite3
 import subprocess
@@ -165,14 +166,19 @@ def _truncate(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+_BAD_KEY_CHARS = re.compile(r"[^\w./\- :]")  # MLflow accepts word characters and . / - space :
+
+
 def flatten(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
     """Nested mapping -> ``{"a.b": "value"}`` with string values cut to MLflow's 6000 chars.
 
     Lists and tuples are JSON text; an empty mapping stays one key with ``"{}"``.
+    Characters MLflow refuses in a key (e.g. the ``+`` of a label group name) become
+    ``_``.
     """
     flat: dict[str, str] = {}
     for key, value in params.items():
-        name = f"{prefix}{key}"
+        name = _BAD_KEY_CHARS.sub("_", f"{prefix}{key}")
         if isinstance(value, Mapping) and value:
             flat.update(flatten(value, prefix=f"{name}."))
         else:
@@ -549,7 +555,10 @@ def _read_record(path: Path) -> list[dict]:
     return records
 
 
-def _replay(client, records: list[dict], folder: Path) -> str:
+def _replay(client, records: list[dict], folder: Path, strict: bool) -> str:
+    """Store one recorded run. Only creating the run may fail the replay (the record
+    is then kept for the next try); once the run exists, a failing call is a warning,
+    as it is for a live run, and the run is always closed: a retry would duplicate it."""
     from mlflow.entities import Metric, Param, RunTag
 
     start = records[0]
@@ -560,26 +569,29 @@ def _replay(client, records: list[dict], folder: Path) -> str:
     end = {"status": "KILLED", "time": None, "error": "the job ended without closing its run (killed?)"}
     for rec in records[1:]:
         kind = rec["type"]
-        if kind == "metrics":
-            items = [Metric(k, v, t, step) for k, v, t, step in rec["items"]]
-            for i in range(0, len(items), _METRICS_PER_BATCH):
-                _retry(client.log_batch, run_id, metrics=items[i : i + _METRICS_PER_BATCH], synchronous=True)
-        elif kind in ("params", "tags"):
-            cls = Param if kind == "params" else RunTag
-            items = [cls(k, v) for k, v in rec["items"].items()]
-            for i in range(0, len(items), _PARAMS_PER_BATCH):
-                chunk = items[i : i + _PARAMS_PER_BATCH]
-                _retry(client.log_batch, run_id, **{kind: chunk}, synchronous=True)
-        elif kind == "artifact":
-            path = folder / rec["path"]
-            if path.is_dir():
-                _retry(client.log_artifacts, run_id, str(path), rec["subdir"])
-            else:
-                _retry(client.log_artifact, run_id, str(path), rec["subdir"])
-        elif kind == "dict":
-            _retry(client.log_dict, run_id, rec["obj"], rec["name"])
-        elif kind == "end":
-            end = rec
+        try:
+            if kind == "metrics":
+                items = [Metric(k, v, t, step) for k, v, t, step in rec["items"]]
+                for i in range(0, len(items), _METRICS_PER_BATCH):
+                    _retry(client.log_batch, run_id, metrics=items[i : i + _METRICS_PER_BATCH], synchronous=True)
+            elif kind in ("params", "tags"):
+                cls = Param if kind == "params" else RunTag
+                items = [cls(k, v) for k, v in rec["items"].items()]
+                for i in range(0, len(items), _PARAMS_PER_BATCH):
+                    chunk = items[i : i + _PARAMS_PER_BATCH]
+                    _retry(client.log_batch, run_id, **{kind: chunk}, synchronous=True)
+            elif kind == "artifact":
+                path = folder / rec["path"]
+                if path.is_dir():
+                    _retry(client.log_artifacts, run_id, str(path), rec["subdir"])
+                else:
+                    _retry(client.log_artifact, run_id, str(path), rec["subdir"])
+            elif kind == "dict":
+                _retry(client.log_dict, run_id, rec["obj"], rec["name"])
+            elif kind == "end":
+                end = rec
+        except Exception as err:
+            _tolerate(f"storing {kind} of recorded run {start['run_name']} ({run_id})", err, strict)
     if end.get("error"):
         _retry(client.set_tag, run_id, "error", _truncate(end["error"], MAX_TAG_VALUE))
     _retry(client.set_terminated, run_id, end["status"], end_time=end["time"])
@@ -604,7 +616,7 @@ def flush_spool(folder: str | os.PathLike, strict: bool | None = None) -> int:
         try:
             uri, db = _resolve(records[0]["uri"])
             records[0]["_store"] = (uri, db)
-            _replay(_client(uri, db), records, folder)
+            _replay(_client(uri, db), records, folder, strict)
         except Exception as err:
             _tolerate(f"storing the recorded run {path.name}", err, strict)
             continue
