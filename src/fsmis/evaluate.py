@@ -23,8 +23,16 @@ below the organ lower the score. The support side is unchanged (the support is a
 annotated scan by definition).
 
 Work is shared across classes and slices: each query slice is encoded once for all
-test classes and each support slice once per class (the reference re-encodes both
-for every query slice and class).
+test classes and protocols, each support slice once per support scan (its features
+are cached across classes), and the support-only work of a method (prototype
+pooling, thresholds, normalisation, clustering, BCMA) once per support slice and
+class; only the query-dependent part runs per query slice. The reference re-encodes
+both for every query slice and class. ``ModelPredictor.encoded`` counts the slices
+encoded and ``support_states`` the support states computed, for benchmarks.
+
+``amp`` (``evaluate.amp``; off unless set): the encoder runs under autocast (bf16 on
+a CPU, bf16/fp16 on CUDA, see ``fsmis.train.amp_dtype``) and hands float32
+features to the method's head; without it predictions are those of float32.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from fsmis import metrics as M
 from fsmis.protocols import PROTOCOLS, chunk_of, extent, query_plan, support_slices  # noqa: F401 (re-exported)
 from fsmis.data.episodes import tile3
 from fsmis.models.prototypes import resize_mask
+from fsmis.train import amp_dtype, autocast_encoder
 
 log = logging.getLogger(__name__)
 
@@ -52,39 +61,51 @@ class Scan:
 
 
 class ModelPredictor:
-    """Runs a trained ``FewShotSegmenter`` with feature caching."""
+    """Runs a trained ``FewShotSegmenter`` with feature caching.
 
-    def __init__(self, model, device, batch_size: int = 8):
+    ``amp``: the ``evaluate.amp`` option (False: float32). ``channels_last``: the
+    encoder runs on channels-last tensors. ``encoded`` counts encoded slices
+    (``{"support": n, "query": n}``), ``support_states`` the support states computed.
+    """
+
+    def __init__(self, model, device, batch_size: int = 8, amp=False, channels_last: bool = False):
         self.model = model.to(device).eval()
         self.device = device
         self.batch_size = batch_size
+        self.dtype = amp_dtype(amp, device)
+        self.channels_last = bool(channels_last)
         self._support_cache: dict = {}
+        self.encoded = {"support": 0, "query": 0}
+        self.support_states = 0
 
-    def _encode(self, image: np.ndarray, zs) -> dict[int, torch.Tensor]:
+    def _encode(self, image: np.ndarray, zs, kind: str) -> dict[int, torch.Tensor]:
         feats = {}
         zs = list(zs)
-        for i in range(0, len(zs), self.batch_size):
-            chunk = zs[i:i + self.batch_size]
-            x = torch.cat([tile3(torch.from_numpy(image[z])) for z in chunk]).to(self.device)
-            f = self.model.encode(x)
-            for z, fz in zip(chunk, f):
-                feats[z] = fz[None]
+        with autocast_encoder(self.model, self.dtype, self.channels_last):
+            for i in range(0, len(zs), self.batch_size):
+                chunk = zs[i:i + self.batch_size]
+                x = torch.cat([tile3(torch.from_numpy(image[z])) for z in chunk]).to(self.device)
+                f = self.model.encode(x)
+                for z, fz in zip(chunk, f):
+                    feats[z] = fz[None]
+        self.encoded[kind] += len(zs)
         return feats
 
     @torch.no_grad()
     def states(self, support: Scan, cid: int, slices: list[int]):
         feats = self._support_cache.setdefault(support.case, {})
-        missing = [z for z in slices if z not in feats]
-        feats.update(self._encode(support.image, missing))
+        missing = sorted({z for z in slices if z not in feats})
+        feats.update(self._encode(support.image, missing, "support"))
         out = []
         for z in slices:
             fg = torch.from_numpy((support.label[z] == cid).astype(np.float32))[None].to(self.device)
             out.append(self.model.support_state(feats[z], resize_mask(fg, feats[z].shape[-2:])))
+            self.support_states += 1
         return out
 
     @torch.no_grad()
     def encode_query(self, query: Scan, zs) -> dict:
-        return self._encode(query.image, sorted(set(zs)))
+        return self._encode(query.image, sorted(set(zs)), "query")
 
     @torch.no_grad()
     def predict(self, qfeats: dict, zs: list[int], state, size) -> np.ndarray:

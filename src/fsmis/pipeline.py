@@ -276,10 +276,13 @@ def train(method: str, setting: str, fold: int, config: dict, splits_json: str, 
                                       sampling=config["train"].get("superpixel_sampling", "uniform"))
         run.log_metrics({"train_slices": len(episodes), "excluded_slices": len(dropped)})
         device = T.pick_device()
+        train_cfg = dict(config["train"])
+        if config["model"].get("channels_last"):
+            train_cfg["channels_last"] = True
         log.info("training %s fold %s (setting %s, group %s) on %d slices of %d scans (%d excluded), "
-                 "device %s, %d threads", method, fold, setting, group, len(episodes), len(images),
-                 len(dropped), device, threads)
-        summary = T.train(model, episodes, config["train"], model_out, log_out, meta, device=device, tracker=run)
+                 "device %s, %d threads, amp %s", method, fold, setting, group, len(episodes), len(images),
+                 len(dropped), device, threads, T.amp_dtype(train_cfg.get("amp", False), device) or "off")
+        summary = T.train(model, episodes, train_cfg, model_out, log_out, meta, device=device, tracker=run)
         run.log_metrics({"train_seconds": summary["seconds"], "final_loss": summary["final_loss"]})
         run.log_artifact(log_out)
 
@@ -339,7 +342,9 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
                 meta = state["meta"]
                 model = registry.build(meta["architecture"], meta["model"], meta["method_params"])
                 model.load_state_dict(state["state_dict"])
-                predictor, stats, need_image = E.ModelPredictor(model, pick_device()), meta.get("norm"), True
+                predictor = E.ModelPredictor(model, pick_device(), amp=config["evaluate"].get("amp", False),
+                                             channels_last=bool(config["model"].get("channels_last", False)))
+                stats, need_image = meta.get("norm"), True
             support, _ = _load_scan(data_dir, split["support"], facts["modality"], stats, need_image)
             queries = []
             for c in split["test"]:

@@ -9,12 +9,20 @@ A checkpoint (model, optimiser, scheduler, episode sampler and RNG states) is
 written every ``checkpoint_every`` steps; a killed job restarts from it and
 produces the same model as an uninterrupted run. Progress lines report step,
 loss, rate and time left.
+
+Precision (``cfg["amp"]``, off unless set): with ``amp`` the encoder (the backbone
+and anything else inside the method's ``encode``, >90 % of the arithmetic) runs
+under ``torch.autocast``, bf16 on a CPU, bf16 or fp16 on CUDA (fp16 with a
+``GradScaler``), and hands float32 features to the method's head. Prototypes,
+cosine scores, attention and every loss stay in float32. Without ``amp`` nothing
+changes: the same operations run in the same order as before the option existed.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -31,6 +39,117 @@ LOG_COLUMNS = ["step", "loss", "query_loss", "align_loss", "other_loss", "lr", "
 
 def pick_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+AMP_CHOICES = (False, True, "bf16", "fp16")
+
+
+def amp_dtype(amp, device) -> torch.dtype | None:
+    """The autocast dtype of the ``amp`` option on ``device``: None (float32) when off;
+    ``True`` picks bf16 on a CPU and on CUDA devices that support it, else fp16;
+    ``"bf16"``/``"fp16"`` force one (fp16 only on CUDA)."""
+    if amp is None or amp is False:
+        return None
+    kind = torch.device(device).type
+    if amp is True:
+        if kind == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        _warn_slow_cpu_bf16()
+        return torch.bfloat16
+    if amp == "bf16":
+        if kind == "cpu":
+            _warn_slow_cpu_bf16()
+        return torch.bfloat16
+    if amp == "fp16":
+        if kind != "cuda":
+            raise ValueError("amp 'fp16' needs a CUDA device; use true or 'bf16' on a CPU")
+        return torch.float16
+    raise ValueError(f"amp must be one of {AMP_CHOICES}, got {amp!r}")
+
+
+def cpu_has_fast_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX). Without either,
+    oneDNN emulates bf16 and autocast is slower than float32."""
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return any(check() for check in checks if check is not None)
+
+
+_warned: set = set()
+
+
+def _warn_slow_cpu_bf16() -> None:
+    if not cpu_has_fast_bf16() and "bf16" not in _warned:
+        _warned.add("bf16")
+        log.warning("amp: this CPU has neither AVX512-BF16 nor AMX, so bf16 autocast is emulated and "
+                    "slower than float32 here; consider amp: false")
+
+
+@contextmanager
+def autocast_encoder(model, dtype: torch.dtype | None, channels_last: bool = False):
+    """Within the block ``model.encode`` runs under ``torch.autocast(dtype)`` (and on
+    channels-last images if asked) and returns contiguous float32 features, so the
+    method's head and losses see float32 as without it. ``dtype`` None and no
+    ``channels_last``: the model is left untouched."""
+    if dtype is None and not channels_last:
+        yield model
+        return
+    shadowed = vars(model).get("encode")  # set by an enclosing block, if any
+    plain = model.encode
+    device_type = next(model.parameters()).device.type
+
+    def encode(images):
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        if dtype is None:
+            out = plain(images)
+        else:
+            with torch.autocast(device_type, dtype=dtype):
+                out = plain(images)
+        return out.float().contiguous()
+
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    model.encode = encode  # an instance attribute shadows the method until the block ends
+    try:
+        yield model
+    finally:
+        if shadowed is None:
+            del model.encode
+        else:
+            model.encode = shadowed
+        if channels_last:
+            model.to(memory_format=torch.contiguous_format)
+
+
+def make_grad_scaler(dtype: torch.dtype | None, device):
+    """A ``GradScaler`` for fp16 (bf16 and float32 need none)."""
+    if dtype == torch.float16:
+        return torch.amp.GradScaler(torch.device(device).type)
+    return None
+
+
+def training_step(model, batch: dict, cfg: dict, opt, scaler=None, with_label: bool = False) -> dict:
+    """One episode: forward, weighted query cross-entropy + ``align_weight`` x alignment
+    loss + the method's other (already weighted) losses, backward, optimiser step.
+    Returns the four losses as 0-d tensors. Raises ``EmptyPrototypeSet`` (from the
+    forward, before any update) when the method has no background prototype."""
+    extra = {"qry_label": batch["qry_label"]} if with_label else {}
+    logits, aux = model(batch["sup_img"], batch["sup_fg"], batch["qry_img"], **extra)
+    device = logits.device
+    q_loss = segmentation_loss(logits.float(), batch["qry_label"], cfg["bg_weight"], cfg["fg_weight"])
+    a_loss = aux.get("align", torch.zeros((), device=device)).float()
+    o_loss = sum((v.float() for k, v in aux.items() if k != "align"), torch.zeros((), device=device))
+    loss = q_loss + cfg["align_weight"] * a_loss + o_loss
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        opt.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(opt)
+        scaler.update()
+    return {"loss": loss.detach(), "query_loss": q_loss.detach(), "align_loss": a_loss.detach(),
+            "other_loss": o_loss.detach()}
 
 
 def make_optimizer(model, cfg):
@@ -63,6 +182,8 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
     device = device or pick_device()
     model.to(device).train()
     opt, sched = make_optimizer(model, cfg)
+    dtype = amp_dtype(cfg.get("amp", False), device)
+    scaler = make_grad_scaler(dtype, device)
     resume_path = Path(model_out).with_name("checkpoint.pt")
     rows: list[dict] = []
     start = 0
@@ -72,6 +193,8 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
             model.load_state_dict(state["state_dict"])
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
+            if scaler is not None and "scaler" in state:
+                scaler.load_state_dict(state["scaler"])
             _restore_episodes(episodes, state["episodes"])
             torch.set_rng_state(state["torch_rng"])
             start = int(state["step"])
@@ -89,56 +212,51 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
     with_label = bool(getattr(model, "takes_query_label", False))
     t0 = time.perf_counter()
     elapsed_before = rows[-1]["elapsed_s"] if rows else 0.0
-    for step in range(start + 1, steps + 1):
-        batch = _to(episodes.sample(), device)
-        try:
-            extra = {"qry_label": batch["qry_label"]} if with_label else {}
-            logits, aux = model(batch["sup_img"], batch["sup_fg"], batch["qry_img"], **extra)
-        except EmptyPrototypeSet:
-            # reference behaviour with empty_bg="raise": skip the episode, count the step
-            acc["skipped"] += 1
+    with autocast_encoder(model, dtype, bool(cfg.get("channels_last", False))):
+        for step in range(start + 1, steps + 1):
+            batch = _to(episodes.sample(), device)
+            try:
+                losses = training_step(model, batch, cfg, opt, scaler, with_label)
+            except EmptyPrototypeSet:
+                # reference behaviour with empty_bg="raise": skip the episode, count the step
+                acc["skipped"] += 1
+                sched.step()
+                continue
             sched.step()
-            continue
-        q_loss = segmentation_loss(logits, batch["qry_label"], cfg["bg_weight"], cfg["fg_weight"])
-        a_loss = aux.get("align", torch.zeros((), device=device))
-        o_loss = sum((v for k, v in aux.items() if k != "align"), torch.zeros((), device=device))
-        loss = q_loss + cfg["align_weight"] * a_loss + o_loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        acc["loss"] += loss.item()
-        acc["query_loss"] += q_loss.item()
-        acc["align_loss"] += a_loss.item()
-        acc["other_loss"] += o_loss.item()
-        acc["n"] += 1
-        if step % every == 0 or step == steps:
-            elapsed = elapsed_before + time.perf_counter() - t0
-            rate = (step - start) / max(time.perf_counter() - t0, 1e-9)
-            n = max(acc["n"], 1)
-            row = {
-                "step": step,
-                "loss": acc["loss"] / n,
-                "query_loss": acc["query_loss"] / n,
-                "align_loss": acc["align_loss"] / n,
-                "other_loss": acc["other_loss"] / n,
-                "lr": opt.param_groups[0]["lr"],
-                "skipped": acc["skipped"],
-                "elapsed_s": round(elapsed, 2),
-                "steps_per_s": round(rate, 3),
-                "eta_s": round((steps - step) / rate, 1),
-            }
-            rows.append(row)
-            log.info("step %d/%d loss %.4f (query %.4f, align %.4f) lr %.2e | %.1f steps/s, %.0f s elapsed, %.0f s left",
-                     step, steps, row["loss"], row["query_loss"], row["align_loss"], row["lr"], rate, elapsed, row["eta_s"])
-            if tracker is not None:
-                tracker.log_metrics({k: row[k] for k in ("loss", "query_loss", "align_loss", "other_loss", "lr")},
-                                    step=step)
-            acc = {"loss": 0.0, "query_loss": 0.0, "align_loss": 0.0, "other_loss": 0.0, "n": 0, "skipped": 0}
-        if cfg.get("checkpoint_every") and step % int(cfg["checkpoint_every"]) == 0 and step < steps:
-            ckpt.save({"state_dict": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                       "episodes": _episode_state(episodes), "torch_rng": torch.get_rng_state(), "step": step,
-                       "log_rows": rows, "meta": meta}, resume_path)
+            for key, value in losses.items():
+                acc[key] += value.item()
+            acc["n"] += 1
+            if step % every == 0 or step == steps:
+                elapsed = elapsed_before + time.perf_counter() - t0
+                rate = (step - start) / max(time.perf_counter() - t0, 1e-9)
+                n = max(acc["n"], 1)
+                row = {
+                    "step": step,
+                    "loss": acc["loss"] / n,
+                    "query_loss": acc["query_loss"] / n,
+                    "align_loss": acc["align_loss"] / n,
+                    "other_loss": acc["other_loss"] / n,
+                    "lr": opt.param_groups[0]["lr"],
+                    "skipped": acc["skipped"],
+                    "elapsed_s": round(elapsed, 2),
+                    "steps_per_s": round(rate, 3),
+                    "eta_s": round((steps - step) / rate, 1),
+                }
+                rows.append(row)
+                log.info("step %d/%d loss %.4f (query %.4f, align %.4f) lr %.2e | %.1f steps/s, %.0f s elapsed, "
+                         "%.0f s left", step, steps, row["loss"], row["query_loss"], row["align_loss"], row["lr"], rate,
+                         elapsed, row["eta_s"])
+                if tracker is not None:
+                    tracker.log_metrics({k: row[k] for k in ("loss", "query_loss", "align_loss", "other_loss", "lr")},
+                                        step=step)
+                acc = {"loss": 0.0, "query_loss": 0.0, "align_loss": 0.0, "other_loss": 0.0, "n": 0, "skipped": 0}
+            if cfg.get("checkpoint_every") and step % int(cfg["checkpoint_every"]) == 0 and step < steps:
+                state = {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
+                         "scheduler": sched.state_dict(), "episodes": _episode_state(episodes),
+                         "torch_rng": torch.get_rng_state(), "step": step, "log_rows": rows, "meta": meta}
+                if scaler is not None:
+                    state["scaler"] = scaler.state_dict()
+                ckpt.save(state, resume_path)
     _write_log(rows, log_out)
     ckpt.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "step": steps, "meta": meta}, model_out)
     if resume_path.exists():

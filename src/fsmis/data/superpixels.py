@@ -85,14 +85,15 @@ def segment_slice(slice_: np.ndarray, threshold: float, scale: float, sigma: flo
     if not mask.any():
         return np.zeros(slice_.shape, np.int32)
     seg = felzenszwalb(slice_.astype(np.float64), scale=scale, sigma=sigma, min_size=min_size, channel_axis=None)
-    # shift so skimage's segment 0 survives, zero outside the body, then one unique pass:
-    # 0 sorts first and keeps id 0 whenever there is background, the rest become 1..K
-    seg = np.where(mask, seg.astype(np.int64) + 1, 0)
-    values, inverse = np.unique(seg, return_inverse=True)
-    ids = inverse.reshape(seg.shape)
-    if values[0] != 0:  # the body fills the slice: no background id to skip
-        ids += 1
-    return ids.astype(np.int32)
+    # shift so skimage's segment 0 survives, zero outside the body, then renumber the
+    # ids present in increasing order (a counting pass, no sort): 0 keeps id 0
+    # whenever there is background, the rest become 1..K
+    seg = np.where(mask, seg.astype(np.intp) + 1, 0)
+    present = np.bincount(seg.ravel()) > 0
+    rank = np.cumsum(present, dtype=np.int32)  # 1-based rank of each present id
+    if present[0]:  # background present: it takes 0, the segments 1..K
+        rank -= 1
+    return rank[seg]
 
 
 def _segment_block(block: np.ndarray, opts: dict) -> np.ndarray:
