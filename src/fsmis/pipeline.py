@@ -333,7 +333,7 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
         run.set_tags({"setting": setting, "protocols": ",".join(protocols)})
         t0 = time.perf_counter()
         rows, merged = [], {p: {} for p in protocols}
-        geometry = {}
+        geometry, loaded = {}, {}
         for group, classes in groups.items():
             if models is None:  # mask_transfer: no network, no image needed
                 predictor, stats, need_image = E.MaskTransferPredictor(), None, False
@@ -345,12 +345,14 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
                 predictor = E.ModelPredictor(model, pick_device(), amp=config["evaluate"].get("amp", False),
                                              channels_last=bool(config["model"].get("channels_last", False)))
                 stats, need_image = meta.get("norm"), True
-            support, _ = _load_scan(data_dir, split["support"], facts["modality"], stats, need_image)
-            queries = []
-            for c in split["test"]:
-                scan, ref = _load_scan(data_dir, c, facts["modality"], stats, need_image)
-                queries.append(scan)
-                geometry[c] = ref
+            # the groups' models of one fold share their normalisation: read each scan once
+            key = (json.dumps(stats, sort_keys=True), need_image)
+            if key not in loaded:
+                loaded[key] = {c: _load_scan(data_dir, c, facts["modality"], stats, need_image)
+                               for c in [split["support"], *split["test"]]}
+            support = loaded[key][split["support"]][0]
+            queries = [loaded[key][c][0] for c in split["test"]]
+            geometry.update({c: loaded[key][c][1] for c in split["test"]})
             group_rows, preds = E.evaluate_scans(
                 predictor, support, queries, {n: class_id(n) for n in classes}, protocols, n_parts=n_parts,
                 nsd_tolerance_mm=float(config["evaluate"].get("nsd_tolerance_mm", 2.0)))

@@ -240,14 +240,9 @@ def model_for_evaluation(wildcards):
 def method_params(wildcards):
     """What the method in the wildcard is built from: its architecture and
     hyperparameters (per-setting overrides and a variant's own values included), so
-    editing them reruns it. Mirrors fsmis.models.registry.resolve."""
-    name = wildcards.method
-    variant = config["variants"].get(name)
-    arch = variant["method"] if variant else ("ssl_alpnet" if name == "untrained" else name)
-    params = dict(config["method_params"].get(arch, {}))
-    by_setting = config["method_params_by_setting"].get(wildcards.setting, {})
-    params.update(by_setting.get(arch, {}))
-    params.update(variant.get("params", {}) if variant else {})
+    editing them reruns it (fsmis.models.resolve)."""
+    resolve = fsmis_module("fsmis.models.resolve").resolve
+    arch, params = resolve(wildcards.method, config, wildcards.setting)
     return {"architecture": arch, "params": params}
 
 

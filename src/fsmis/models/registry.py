@@ -12,6 +12,7 @@ from fsmis.models import backbones
 from fsmis.models.dspnet import DSPNet
 from fsmis.models.iplsl import IPLSL
 from fsmis.models.panet import PANet
+from fsmis.models.resolve import resolve  # noqa: F401 (part of the registry's API)
 from fsmis.models.ssl_alpnet import SSLALPNet
 
 METHODS = {
@@ -20,26 +21,6 @@ METHODS = {
     "dspnet": DSPNet,
     "iplsl": IPLSL,
 }
-
-
-def resolve(name: str, config: dict, setting: str | None = None) -> tuple[str, dict]:
-    """``(architecture, constructor keywords)`` of a method name in a workflow config:
-    a registered method, a named variant (``config['variants']``: its ``params``
-    override the method's ``method_params``), or the ``untrained`` baseline
-    (SSL-ALPNet's network). With ``setting``, the entries of
-    ``config['method_params_by_setting'][setting][architecture]`` override both (the
-    papers tune some values per setting, e.g. DSPNet's alpha and BCMA taps)."""
-    variant = config.get("variants", {}).get(name)
-    if variant:
-        arch = variant["method"]
-    else:
-        arch = "ssl_alpnet" if name == "untrained" else name
-    params = dict(config.get("method_params", {}).get(arch, {}))
-    if setting is not None:
-        params.update(config.get("method_params_by_setting", {}).get(str(setting), {}).get(arch, {}))
-    if variant:
-        params.update(variant.get("params", {}))
-    return arch, params
 
 
 def build(method: str, model_cfg: dict, method_params: dict | None = None):
