@@ -48,6 +48,7 @@ include: "workflow/rules/report.smk"
 localrules:
     all,
     splits,
+    case_table,
 
 
 # One MLflow parent run per invocation. Snakemake calls these handlers in the main
@@ -73,6 +74,7 @@ onstart:
 
 
 onsuccess:
+    report_skipped_cases()
     fsmis_tracking().flush_spool(MLFLOW_SPOOL)
     if os.environ.get(PARENT_RUN_ENV):
         fsmis_tracking().end_parent(

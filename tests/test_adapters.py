@@ -155,7 +155,8 @@ def test_abdomenct1k_benchmark_pairs_and_maskless(tmp_path):
     with pytest.raises(InputError, match=r"1 requested case\(s\) have no mask: \['subtask1_0002'\]") as err:
         m.pairs(cfg, raw, tmp_path / "work", m.case_ids(cfg))
     assert "exclude: [subtask1_0002]" in str(err.value)
-    pairs = m.pairs(cfg, raw, tmp_path / "work", m.case_ids(cfg), skip_maskless=True)
+    assert not m.cases_known_after_unpack(cfg)  # the benchmark form has every mask: a static case list
+    pairs = m.pairs(cfg, raw, tmp_path / "work", ["subtask1_0001", "subtask1_0003"])
     assert [p[0] for p in pairs] == ["subtask1_0001", "subtask1_0003"]
     assert pairs[1][1].endswith("TrainImage/train_0003_0000.nii.gz")
     assert pairs[1][2].endswith("TrainMask/train_0003.nii.gz")
@@ -182,6 +183,14 @@ def test_abdomenct1k_full_release(tmp_path):
         m.pairs({**cfg, "cases": [1, 2]}, raw, tmp_path / "work", ["case_00001", "case_00002"])
     with pytest.raises(InputError, match=r"no image after unpacking: \['case_00003'\]"):
         m.check_source({**cfg, "cases": 3}, raw)
+    # the workflow's inventory: which requested cases are usable, and why not
+    assert adapters.cases_known_after_unpack(cfg) and not adapters.cases_known_after_unpack({"name": "chaos_mr"})
+    verdict = adapters.inventory({**cfg, "cases": [1, 2, 801]}, raw, ["case_00001", "case_00002", "case_00801"])
+    assert list(verdict) == ["case_00001", "case_00002", "case_00801"]
+    assert verdict["case_00001"] is None and verdict["case_00801"] is None
+    assert verdict["case_00002"].startswith("no mask below") and verdict["case_00002"].endswith("Mask")
+    with pytest.raises(InputError, match=r"have no image: \['case_00003'\]"):
+        adapters.inventory(cfg, raw, ["case_00001", "case_00003"])
 
 
 # -- nnU-Net / MSD folder --------------------------------------------------------------

@@ -121,3 +121,28 @@ def test_bad_label_map_and_case_ids(tmp_path):
         canonical.build([pair], tmp_path / "out", {63: "livr"}, "MR")
     with pytest.raises(ValueError, match="duplicate case id 'c1'"):
         canonical.build([pair, pair], tmp_path / "out", CHAOS_MAP, "MR")
+
+
+def test_case_table_joins_the_per_case_rows_exactly(tmp_path):
+    from fsmis import pipeline
+    from fsmis.errors import InputError
+
+    header = "case\tspacing_x\tlabels"
+    (tmp_path / "b.tsv").write_text(f"{header}\nb_1\t0.7031250000000001\tliver\n")
+    (tmp_path / "a.tsv").write_text(f"{header}\na_1\t1.5\tliver,spleen\n")
+    pipeline.case_table([str(tmp_path / "b.tsv"), str(tmp_path / "a.tsv")], str(tmp_path / "cases.tsv"))
+    # rows in the order given, values as written (no float round trip)
+    assert (tmp_path / "cases.tsv").read_text() == f"{header}\nb_1\t0.7031250000000001\tliver\na_1\t1.5\tliver,spleen\n"
+    (tmp_path / "c.tsv").write_text("case\tlabels\nc_1\tliver\n")
+    with pytest.raises(InputError, match="c.tsv.*columns differ"):
+        pipeline.case_table([str(tmp_path / "a.tsv"), str(tmp_path / "c.tsv")], str(tmp_path / "bad.tsv"))
+    with pytest.raises(ValueError, match="duplicate case id 'a_1'"):
+        pipeline.case_table([str(tmp_path / "a.tsv"), str(tmp_path / "a.tsv")], str(tmp_path / "bad.tsv"))
+    assert not (tmp_path / "bad.tsv").exists()
+
+
+def test_usable_cases_of_an_inventory(tmp_path):
+    from fsmis.data.adapters import usable_cases
+
+    (tmp_path / "inventory.tsv").write_text("case\tusable\treason\nc_1\t1\t\nc_2\t0\tno mask below x\nc_3\t1\t\n")
+    assert usable_cases(tmp_path / "inventory.tsv") == ["c_1", "c_3"]

@@ -3,6 +3,7 @@ for a missing hand-placed dataset, and a fake Zenodo record of CHAOS taken throu
 download -> unpack -> canonical -> preprocess by the real rules and code.
 """
 
+import json
 import os
 import subprocess
 import sys
@@ -41,7 +42,7 @@ def test_preset_dag_from_download_to_report(tmp_path, preset, n_cases, downloads
     assert counts.get("download", 0) == downloads
     assert counts.get("unpack", 0) == downloads
     assert counts["fetch_weights"] == 1  # the COCO DeepLabV3 weights of model.pretrained
-    assert counts["canonical"] == 1
+    assert counts["canonical"] == n_cases and counts["case_table"] == 1  # one conversion job per case
     assert counts["preprocess"] == counts["superpixels"] == n_cases
     assert counts["train"] == 5 * 5 * settings_models
     assert counts["evaluate"] == 6 * 5 * n_settings
@@ -51,7 +52,10 @@ def test_preset_dag_from_download_to_report(tmp_path, preset, n_cases, downloads
 def test_abdomenct1k_full_release_downloads_every_part(tmp_path):
     counts = preset_dry_run(tmp_path, "abdomenct1k", "--config", "dataset={name: abdomenct1k, form: full, cases: 20}")
     assert counts["download"] == counts["unpack"] == 4  # three image parts and Mask.7z
-    assert counts["preprocess"] == 20
+    # which of the 20 have a mask is known once Mask.7z is unpacked: the inventory
+    # checkpoint decides, and the per-case jobs join the plan after it has run
+    assert counts["inventory"] == 1 and "preprocess" not in counts
+    assert counts["train"] == 5 * 5 * 3 and counts["report"] == 1
 
 
 def test_missing_hand_placed_dataset_stops_before_any_job(tmp_path):
@@ -80,7 +84,7 @@ def test_chaos_from_a_fake_zenodo_record_to_preprocessed_volumes(tmp_path):
     }
     (tmp_path / "fake.yaml").write_text(yaml.safe_dump(config))
     targets = [f"results/data/chaos_mr/preprocessed/chaos_{n}_{kind}.nii.gz" for n in (1, 2)
-               for kind in ("image", "label")]
+               for kind in ("image", "label")] + ["results/data/chaos_mr/cases.tsv"]
     with FakeZenodo(source.records) as server:
         env = {k: v for k, v in os.environ.items() if k not in ("SNAKEMAKE_PROFILE", "MLFLOW_TRACKING_URI")}
         env["FSMIS_ZENODO_API"] = server.api_base
@@ -106,3 +110,42 @@ def test_chaos_from_a_fake_zenodo_record_to_preprocessed_volumes(tmp_path):
         assert values <= {0, 1, 2, 3, 4} and len(values) > 1  # canonical ids, organs kept
     cases = (tmp_path / "results/data/chaos_mr/cases.tsv").read_text()
     assert "chaos_1" in cases and "chaos_2" in cases
+
+
+@pytest.mark.slow
+def test_abdomenct1k_full_release_skips_maskless_cases_with_a_message(tmp_path):
+    source = fake_datasets.abdomenct1k_full(numbers=(1, 2, 3, 401, 801), maskless=(2,))
+    config = {
+        "experiment": "ct1k-fake", "dataset": {"name": "abdomenct1k", "form": "full", "cases": [1, 2, 3, 401, 801]},
+        "n_folds": 2, "folds": [0, 1], "preprocess": {"image_size": 32},
+    }
+    (tmp_path / "fake.yaml").write_text(yaml.safe_dump(config))
+    with FakeZenodo(source.records) as server:
+        env = {k: v for k, v in os.environ.items() if k not in ("SNAKEMAKE_PROFILE", "MLFLOW_TRACKING_URI")}
+        env["FSMIS_ZENODO_API"] = server.api_base
+        env["FSMIS_TRACKING"] = "off"
+        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+               str(tmp_path), "--configfile", str(tmp_path / "fake.yaml"), "--workflow-profile", "none",
+               "--cores", "2", "results/ct1k-fake/splits.json", "results/data/abdomenct1k/classmap.json"]
+        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    out = result.stdout + result.stderr
+    assert result.returncode == 0, out[-6000:]
+    assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
+    # the maskless case is named at the end of the run, and in the inventory with its reason
+    assert "1 of 5 requested case(s) were skipped (no mask): case_00002" in out
+    inventory = (tmp_path / "results/data/abdomenct1k/inventory.tsv").read_text().splitlines()
+    assert inventory[0].split("\t") == ["case", "usable", "reason"]
+    rows = {line.split("\t")[0]: line.split("\t")[1:] for line in inventory[1:]}
+    assert rows["case_00002"][0] == "0" and "no mask" in rows["case_00002"][1]
+    assert [rows[c][0] for c in ("case_00001", "case_00003", "case_00401", "case_00801")] == ["1"] * 4
+    # everything after it is built from the four usable cases only
+    cases = [line.split("\t")[0] for line in
+             (tmp_path / "results/data/abdomenct1k/cases.tsv").read_text().splitlines()[1:]]
+    assert cases == ["case_00001", "case_00003", "case_00401", "case_00801"]
+    assert not list((tmp_path / "results/data/abdomenct1k").rglob("case_00002*"))
+    classmap = (tmp_path / "results/data/abdomenct1k/classmap.json").read_text()
+    assert "case_00002" not in classmap and "case_00801" in classmap
+    splits = json.loads((tmp_path / "results/ct1k-fake/splits.json").read_text())
+    assert "case_00002" not in json.dumps(splits)
+    assert sorted(c for fold in splits["folds"] for c in fold["test"]) == cases

@@ -100,10 +100,10 @@ def test_mlflow_store_holds_a_parent_and_a_child_per_job(run):
     parents = {v for _, k, v in tags if k == "mlflow.parentRunId"}
     assert len(parents) == 1
     children = {r for r, k, _ in tags if k == "mlflow.parentRunId"}
-    # 1 fetch + 1 canonical + 4 preprocess + 1 classmap + 4 superpixels + 1 splits
+    # 1 fetch + 4 canonical (one per case) + 4 preprocess + 1 classmap + 4 superpixels + 1 splits
     # + 6 train (ssl_alpnet and untrained: setting 1 one model, setting 2 one per label
     # group) + 6 evaluate (3 rows x 2 settings) + 1 report
-    assert len(children) == 25
+    assert len(children) == 28
     keys = {k for (k,) in con.execute("select distinct key from metrics")}
     assert {"loss", "oracle/mean_dice", "oracle/dice_liver", "full/mean_dice"} <= keys
     status = dict(con.execute("select run_uuid, status from runs").fetchall())

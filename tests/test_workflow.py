@@ -71,7 +71,8 @@ def test_demo_dry_run_builds_the_whole_experiment(tmp_path):
     # iplsl, baselines untrained (trained for 0 steps) + mask_transfer (evaluated only).
     assert counts == {
         "generate_phantom": 1,
-        "canonical": 1,
+        "canonical": 10,
+        "case_table": 1,
         "preprocess": 10,
         "classmap": 1,
         "superpixels": 10,

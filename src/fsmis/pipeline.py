@@ -114,8 +114,35 @@ def unpack(archive: str, out_dir: str, tracking: dict) -> None:
         log.info("%s: %d files -> %s", archive, len(files), out_dir)
 
 
+def inventory(dataset: dict, raw_dir: str, cases: list[str], out: str, tracking: dict) -> None:
+    """Which requested cases are usable, for datasets where that is only known after
+    unpacking (``fsmis.data.adapters.inventory``): ``out`` lists every requested case
+    with ``usable`` 1/0 and the reason a case is skipped; skipped cases are named in
+    the log. Stops when fewer than two cases remain (no support/query split)."""
+    import pandas as pd
+
+    from fsmis.data import adapters
+    from fsmis.errors import InputError
+
+    with _job("inventory", tracking, {"dataset": dataset}) as run:
+        verdict = adapters.inventory(dataset, raw_dir, cases)
+        table = pd.DataFrame({"case": list(verdict), "usable": [int(r is None) for r in verdict.values()],
+                              "reason": [r or "" for r in verdict.values()]})
+        skipped = table.loc[table["usable"] == 0, "case"].tolist()
+        if len(table) - len(skipped) < 2:
+            raise InputError(raw_dir, f"only {len(table) - len(skipped)} of the {len(table)} requested cases are "
+                                      f"usable (skipped: {skipped[:10]}); choose others with dataset.cases")
+        io.write_tsv(table, out)
+        run.log_metrics({"requested": len(table), "usable": len(table) - len(skipped), "skipped": len(skipped)})
+        if skipped:
+            log.warning("skipping %d of %d requested case(s): %s", len(skipped), len(table),
+                        "; ".join(f"{c} ({r})" for c, r in verdict.items() if r))
+        log.info("inventory: %d usable case(s) -> %s", len(table) - len(skipped), out)
+
+
 def canonical(dataset: dict, raw_dir: str, out_dir: str, cases: list[str], cases_tsv: str, tracking: dict) -> None:
-    """Validated canonical pairs of every case. The phantom's raw files are already
+    """Validated canonical pairs of ``cases`` (the workflow runs one job per case) and
+    their rows of ``cases.tsv``. The phantom's raw files are already
     ``{case}_image/_label.nii.gz`` pairs; other datasets go through their adapter
     (``fsmis.data.adapters``), which may convert (CHAOS DICOM + PNG) into a work folder
     that is removed afterwards."""
@@ -145,8 +172,26 @@ def canonical(dataset: dict, raw_dir: str, out_dir: str, cases: list[str], cases
             "spacing_xy_min": float(table["spacing_x"].min()), "spacing_xy_max": float(table["spacing_x"].max()),
             "seconds": time.perf_counter() - t0,
         })
-        run.log_artifact(cases_tsv)
-        log.info("canonical: %d cases -> %s", len(table), out_dir)
+        log.info("canonical: %d case(s) -> %s", len(table), out_dir)
+
+
+def case_table(rows: list[str], out: str) -> None:
+    """``cases.tsv``: the per-case rows of the canonical step, in the given order (joined
+    as text, so every value is kept exactly as the canonical job wrote it)."""
+    from fsmis.data import canonical as C
+    from fsmis.errors import InputError
+
+    header, lines = None, []
+    for path in rows:
+        head, *body = Path(path).read_text(encoding="utf-8").splitlines()
+        if header is not None and head != header:
+            raise InputError(path, f"columns differ from {rows[0]}: {head!r} vs {header!r}")
+        header = head
+        lines += [line for line in body if line]
+    C.check_case_ids([line.split("\t", 1)[0] for line in lines])
+    with io.atomic_path(out) as tmp:
+        tmp.write_text("\n".join([header or "", *lines]) + "\n", encoding="utf-8")
+    log.info("cases.tsv: %d cases -> %s", len(lines), out)
 
 
 def preprocess(case: str, modality: str, params: dict, image_in: str, label_in: str, image_out: str,

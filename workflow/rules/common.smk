@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
+from snakemake.logging import logger
 
 # `report` itself, at the start of a line, would be read as the report directive.
 from snakemake.io import report as report_item
@@ -160,7 +161,10 @@ RAW_DIR = {
     "generated": f"resources/{DATASET}/raw",
     "zenodo": f"resources/{DATASET}/raw",
 }.get(SOURCE_KIND) or config["dataset"].get("root")
+# The requested cases (from the config alone). Where the usable ones are only known
+# after unpacking (DYNAMIC_CASES), the inventory checkpoint decides: usable_cases().
 CASES = case_ids(config["dataset"])
+DYNAMIC_CASES = SOURCE_KIND == "zenodo" and ADAPTERS.cases_known_after_unpack(config["dataset"])
 FOLDS = config["folds"]
 SETTINGS = config["settings"]
 METHODS = config["methods"]
@@ -196,6 +200,20 @@ wildcard_constraints:
 
 
 # --- input functions ---------------------------------------------------------------
+
+
+def usable_cases():
+    """The cases everything after the canonical step runs on: CASES, or the usable ones
+    of the inventory checkpoint (Snakemake re-plans the jobs that ask once it ran)."""
+    if not DYNAMIC_CASES:
+        return CASES
+    table = checkpoints.inventory.get(ds=DATASET).output.inventory
+    return ADAPTERS.usable_cases(table)
+
+
+def per_case(pattern):
+    """Input function: `pattern` ({ds}, {case}) for every usable case."""
+    return lambda wildcards: expand(pattern, ds=DATASET, case=usable_cases())
 
 
 def raw_inputs(wildcards):
@@ -291,6 +309,19 @@ def report_items(pattern, caption, category):
                 report_item(path, caption=caption, category=category, labels=labels)
             )
     return items
+
+
+def report_skipped_cases():
+    """At the end of a run: name the requested cases the inventory skipped."""
+    table = Path(f"results/data/{DATASET}/inventory.tsv")
+    if not DYNAMIC_CASES or not table.exists():
+        return
+    skipped = sorted(set(CASES) - set(ADAPTERS.usable_cases(table)))
+    if skipped:
+        logger.warning(
+            f"{len(skipped)} of {len(CASES)} requested case(s) were skipped (no mask): "
+            f"{', '.join(skipped)}; reasons in {table}"
+        )
 
 
 # --- MLflow (used by the onstart/onsuccess/onerror handlers only) -------------------

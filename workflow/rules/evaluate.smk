@@ -4,8 +4,8 @@
 rule evaluate:
     input:
         models=lambda wc: list(model_for_evaluation(wc).values()),
-        images=expand(rules.preprocess.output.image, ds=DATASET, case=CASES),
-        labels=expand(rules.preprocess.output.label, ds=DATASET, case=CASES),
+        images=per_case(rules.preprocess.output.image),
+        labels=per_case(rules.preprocess.output.label),
         classmap=expand(rules.classmap.output.classmap, ds=DATASET),
         splits=rules.splits.output.splits,
     output:

@@ -2,15 +2,18 @@
 # (resampling, intensity handling per modality) and the per-class slice index.
 
 
-rule canonical:
+# Which requested cases are usable, where that is only known after unpacking
+# (AbdomenCT-1K's full release: images without a mask are listed and skipped). Only in
+# the DAG when fsmis.data.adapters.cases_known_after_unpack says so; everything after
+# the canonical step then takes its case list from this table (usable_cases()), and a
+# dry-run shows the jobs after it once it has run.
+checkpoint inventory:
     input:
         raw=raw_inputs,
     output:
-        images=expand("results/data/{{ds}}/canonical/{case}_image.nii.gz", case=CASES),
-        labels=expand("results/data/{{ds}}/canonical/{case}_label.nii.gz", case=CASES),
-        cases="results/data/{ds}/cases.tsv",
+        inventory="results/data/{ds}/inventory.tsv",
     log:
-        "logs/canonical/{ds}.log",
+        "logs/inventory/{ds}.log",
     conda:
         "../../envs/fsmis.yaml"
     params:
@@ -18,7 +21,39 @@ rule canonical:
         cases=CASES,
         raw_dir=RAW_DIR,
     script:
+        "../scripts/inventory.py"
+
+
+# One job per case: conversions run in parallel and a rerun redoes only the case asked.
+rule canonical:
+    input:
+        raw=raw_inputs,
+    output:
+        image="results/data/{ds}/canonical/{case}_image.nii.gz",
+        label="results/data/{ds}/canonical/{case}_label.nii.gz",
+        row="results/data/{ds}/canonical/{case}.tsv",
+    log:
+        "logs/canonical/{ds}/{case}.log",
+    conda:
+        "../../envs/fsmis.yaml"
+    params:
+        dataset=lookup(dpath="dataset", within=config),
+        raw_dir=RAW_DIR,
+    script:
         "../scripts/canonical.py"
+
+
+rule case_table:
+    input:
+        rows=per_case(rules.canonical.output.row),
+    output:
+        cases="results/data/{ds}/cases.tsv",
+    log:
+        "logs/case_table/{ds}.log",
+    conda:
+        "../../envs/fsmis.yaml"
+    script:
+        "../scripts/case_table.py"
 
 
 rule preprocess:
@@ -43,9 +78,7 @@ rule preprocess:
 
 rule classmap:
     input:
-        labels=expand(
-            "results/data/{{ds}}/preprocessed/{case}_label.nii.gz", case=CASES
-        ),
+        labels=per_case("results/data/{ds}/preprocessed/{case}_label.nii.gz"),
     output:
         classmap="results/data/{ds}/classmap.json",
     log:
@@ -53,6 +86,6 @@ rule classmap:
     conda:
         "../../envs/fsmis.yaml"
     params:
-        cases=CASES,
+        cases=lambda wildcards: usable_cases(),
     script:
         "../scripts/classmap.py"

@@ -22,8 +22,8 @@ rule report:
             fold_outputs(rules.train.output.train_log, TRAINED), exp=EXPERIMENT
         ),
         splits=expand(rules.splits.output.splits, exp=EXPERIMENT),
-        images=expand(rules.preprocess.output.image, ds=DATASET, case=CASES),
-        labels=expand(rules.preprocess.output.label, ds=DATASET, case=CASES),
+        images=per_case(rules.preprocess.output.image),
+        labels=per_case(rules.preprocess.output.label),
         classmap=expand(rules.classmap.output.classmap, ds=DATASET),
         # the papers' numbers the tables compare against (package data)
         published=SRC_DIR / "fsmis" / "published_results.csv",

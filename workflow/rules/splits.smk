@@ -3,7 +3,7 @@
 
 rule splits:
     input:
-        cases=expand(rules.canonical.output.cases, ds=DATASET),
+        cases=expand(rules.case_table.output.cases, ds=DATASET),
     output:
         splits="results/{exp}/splits.json",
     log:

@@ -7,9 +7,9 @@
 
 rule train:
     input:
-        images=expand(rules.preprocess.output.image, ds=DATASET, case=CASES),
-        labels=expand(rules.preprocess.output.label, ds=DATASET, case=CASES),
-        superpixels=expand(rules.superpixels.output.superpixels, ds=DATASET, case=CASES),
+        images=per_case(rules.preprocess.output.image),
+        labels=per_case(rules.preprocess.output.label),
+        superpixels=per_case(rules.superpixels.output.superpixels),
         classmap=expand(rules.classmap.output.classmap, ds=DATASET),
         splits=rules.splits.output.splits,
         pretrained=pretrained_weights,

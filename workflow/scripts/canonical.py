@@ -1,6 +1,6 @@
-"""Job script of rule canonical: see fsmis.pipeline.canonical."""
+"""Job script of rule canonical (one case): see fsmis.pipeline.canonical."""
 
-from fsmis_job import one, parent, start, strs
+from fsmis_job import one, parent, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
@@ -9,8 +9,8 @@ from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log
 pipeline.canonical(
     dataset=dict(snakemake.params.dataset),
     raw_dir=str(snakemake.params.raw_dir),
-    out_dir=parent(snakemake.output.images[0]),
-    cases=strs(snakemake.params.cases),
-    cases_tsv=one(snakemake.output.cases),
+    out_dir=parent(snakemake.output.image),
+    cases=[str(snakemake.wildcards.case)],
+    cases_tsv=one(snakemake.output.row),
     tracking=tracking,
 )

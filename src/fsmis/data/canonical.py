@@ -30,7 +30,7 @@ def build(pairs, out_dir: str | os.PathLike, label_map: dict, modality: str) -> 
     ``{case}_label.nii.gz`` (uint8 canonical ids) and returns the ``cases.tsv`` table.
     """
     lut = _lookup(label_map)
-    _check_case_ids([c for c, _, _ in pairs])
+    check_case_ids([c for c, _, _ in pairs])
     # pass 1 reads everything and keeps only the table rows: memory stays one case
     rows = [_validate(case, image, label, lut, modality) for case, image, label in pairs]
     out = Path(out_dir)
@@ -55,7 +55,7 @@ def _lookup(label_map: dict) -> dict[int, int]:
     return lut
 
 
-def _check_case_ids(cases) -> None:
+def check_case_ids(cases) -> None:
     seen = set()
     for case in cases:
         if not case or "/" in case or case.startswith("."):

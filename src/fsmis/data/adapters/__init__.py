@@ -10,6 +10,16 @@ pairs and maps the raw label values to canonical ids. Every adapter module expos
 * ``pairs(dataset_cfg, raw_dir, work_dir, cases) -> [(case, image_path, label_path)]``:
   NIfTI paths; converted or filtered volumes are written to ``work_dir`` atomically.
 
+Optionally, where which requested cases are usable is only known after unpacking
+(AbdomenCT-1K's full release has images without a mask):
+
+* ``cases_known_after_unpack(dataset_cfg) -> bool`` and
+* ``inventory(dataset_cfg, raw_dir, cases) -> {case: None | reason skipped}``;
+
+the workflow then runs its ``inventory`` checkpoint and builds everything after the
+canonical step from the kept cases (:func:`cases_known_after_unpack`, :func:`inventory`
+below give every adapter these two, with "all requested cases are usable" as default).
+
 Downloaded archives are expected unpacked one folder per archive, ``unpack_dir``:
 ``raw_dir/CHAOS_Train_Sets/...``, ``raw_dir/Subtask1/...``, ``raw_dir/Mask/...``. The
 adapters search below those folders, so an extra top-level folder inside an archive
@@ -83,6 +93,30 @@ def downloads(dataset_cfg: dict) -> dict[str, list[str]]:
         return module.downloads(dataset_cfg)
     source = sources.info(dataset_cfg["name"])["source"]
     return {r: list(f) for r, f in source.get("records", {}).items()}
+
+
+def cases_known_after_unpack(dataset_cfg: dict) -> bool:
+    """Whether the usable cases of this config are only known after unpacking."""
+    if dataset_cfg["name"] not in _MODULES:
+        return False
+    fn = getattr(get(dataset_cfg["name"]), "cases_known_after_unpack", None)
+    return bool(fn and fn(dataset_cfg))
+
+
+def inventory(dataset_cfg: dict, raw_dir, cases) -> dict[str, str | None]:
+    """``{case: None if usable, else why it is skipped}``; every case is usable for an
+    adapter without an ``inventory``."""
+    fn = getattr(get(dataset_cfg["name"]), "inventory", None) if dataset_cfg["name"] in _MODULES else None
+    return fn(dataset_cfg, raw_dir, list(cases)) if fn else {c: None for c in cases}
+
+
+def usable_cases(inventory_tsv) -> list[str]:
+    """The usable cases of the table the workflow's ``inventory`` step wrote (columns
+    case, usable 1/0, reason), in order."""
+    import csv
+
+    with open(inventory_tsv, newline="", encoding="utf-8") as f:
+        return [row["case"] for row in csv.DictReader(f, delimiter="\t") if row["usable"] == "1"]
 
 
 def facts(dataset_cfg: dict) -> dict:

@@ -10,22 +10,22 @@
   Case id = ``case_<NNNNN>`` (``Case_00042_0000.nii.gz`` -> ``case_00042``).
 
 Images and masks pair by case number. Which 62 images of the full release have no
-public mask is not known before unpacking, so ``case_ids`` may name maskless cases:
-``pairs`` then stops with the list and the ``dataset.exclude`` line to paste (the DAG
-is static: a skipped case would leave its canonical files missing). ``skip_maskless``
-skips them instead, with a warning, for callers that do not need a fixed case list.
+public mask is not known before unpacking, so in the full form ``case_ids`` are the
+*requested* cases and :func:`inventory` (run by the workflow's ``inventory`` checkpoint
+once the archives are unpacked) says which of them are usable: a maskless case is
+listed with its reason and skipped, the rest of the workflow is built from the kept
+ones. ``pairs`` itself still refuses a maskless case (with the ``dataset.exclude`` line
+to paste), so a caller that bypasses the inventory never trains on a case without
+labels. The benchmark form has a mask for every case and keeps a static case list.
 """
 
 from __future__ import annotations
 
-import logging
 import re
 from pathlib import Path
 
 from fsmis.data.adapters import find_files, select_cases, unpack_dir
 from fsmis.errors import InputError
-
-log = logging.getLogger(__name__)
 
 BENCHMARK_RECORD = "5903037"
 BENCHMARK_CASES = 361  # per subtask
@@ -112,6 +112,23 @@ def _index(cfg: dict, raw_dir) -> tuple[dict, dict, Path]:
     return images, masks, found["TrainMask"]
 
 
+def cases_known_after_unpack(dataset_cfg: dict) -> bool:
+    """True where the usable cases are only known once the archives are unpacked (the
+    full release: 62 of its images have no public mask)."""
+    return _form(dataset_cfg) == "full"
+
+
+def inventory(dataset_cfg: dict, raw_dir, cases) -> dict[str, str | None]:
+    """``{case: None if usable, else the reason it is skipped}`` for the requested
+    ``cases``, in order. A requested case without an image is an error (the archives
+    are incomplete), not a skip."""
+    images, masks, mask_where = _index(dataset_cfg, raw_dir)
+    no_image = [c for c in cases if _number(c) not in images]
+    if no_image:
+        raise InputError(raw_dir, f"{len(no_image)} requested case(s) have no image: {no_image[:10]}")
+    return {c: None if _number(c) in masks else f"no mask below {mask_where}" for c in cases}
+
+
 def check_source(dataset_cfg: dict, root) -> None:
     """The unpacked folders exist and every requested case has its image (masks are
     checked by ``pairs``, which says what to do about maskless cases)."""
@@ -121,18 +138,16 @@ def check_source(dataset_cfg: dict, root) -> None:
         raise InputError(root, f"{len(missing)} requested case(s) have no image after unpacking: {missing[:10]}")
 
 
-def pairs(dataset_cfg: dict, raw_dir, work_dir, cases, skip_maskless: bool = False) -> list[tuple[str, str, str]]:
+def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, str, str]]:
     images, masks, mask_where = _index(dataset_cfg, raw_dir)
     no_image = [c for c in cases if _number(c) not in images]
     if no_image:
         raise InputError(raw_dir, f"{len(no_image)} requested case(s) have no image: {no_image[:10]}")
     maskless = [c for c in cases if _number(c) not in masks]
-    if maskless and not skip_maskless:
+    if maskless:
         raise InputError(mask_where, (
             f"{len(maskless)} requested case(s) have no mask: {maskless}. "
             + ("The full release publishes masks for 1000 of its 1062 images. " if _form(dataset_cfg) == "full" else "")
             + f"Leave them out with\n  dataset:\n    exclude: [{', '.join(maskless)}]\n"
             "(or choose cases with dataset.cases)"))
-    if maskless:
-        log.warning("skipping %d case(s) without a mask: %s", len(maskless), maskless)
-    return [(c, str(images[_number(c)]), str(masks[_number(c)])) for c in cases if c not in set(maskless)]
+    return [(c, str(images[_number(c)]), str(masks[_number(c)])) for c in cases]

@@ -1,0 +1,15 @@
+"""Job script of checkpoint inventory: see fsmis.pipeline.inventory."""
+
+from fsmis_job import one, start, strs
+
+tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
+
+from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+
+pipeline.inventory(
+    dataset=dict(snakemake.params.dataset),
+    raw_dir=str(snakemake.params.raw_dir),
+    cases=strs(snakemake.params.cases),
+    out=one(snakemake.output.inventory),
+    tracking=tracking,
+)
