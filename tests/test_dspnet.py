@@ -101,6 +101,59 @@ def test_ran_kernel_gradients_match_dense_autograd():
         assert torch.allclose(fast, ref, atol=1e-10)
 
 
+@pytest.mark.parametrize("sup_batch,qry_batch", [(1, 1), (1, 2), (2, 2)])
+@pytest.mark.parametrize("consumers", ["attend", "attend+dense", "dense"])
+def test_ran_kernel_outputs_and_gradients_match_dense_softmax(sup_batch, qry_batch, consumers):
+    """Every output and every gradient (support, query, values, masks; the kernel and
+    its transpose; 1 to 5 value columns) equals autograd through the dense softmax of
+    the cosine similarities, with more support positions than one block of rows of
+    the kernel's backward (ROW_BLOCK) and a partial last block. ``dense()`` (for
+    inspection) takes its row sums as constants for autograd; with it the kernel's
+    backward also receives a dense gradient."""
+    from fsmis.models.dsr_blocks import ROW_BLOCK
+
+    torch.manual_seed(2)
+    c, n, m = 5, ROW_BLOCK + 44, 70
+    f64 = dict(dtype=torch.float64)
+    inputs = {
+        "s": torch.randn(sup_batch, c, n, **f64), "q": torch.randn(qry_batch, c, m, **f64),
+        "v": torch.randn(1, m, 2, **f64), "m": torch.rand(1, n, 1, **f64),  # W @ v, W^T @ m
+        "vt": torch.randn(sup_batch, n, 5, **f64), "mt": torch.rand(qry_batch, m, 3, **f64),  # transposed kernel
+        "vt1": torch.randn(1, n, 1, **f64),
+    }
+    weights = [torch.randn(qry_batch, *shape, **f64) for shape in ((n, 2), (m, 1), (m, 5), (n, 3), (m, 1), (n, m))]
+
+    def run(fast):
+        x = {k: t.clone().requires_grad_() for k, t in inputs.items()}
+        if fast:
+            kernel = ResemblanceKernel(x["s"], x["q"], 1e-5)
+            attended = [*kernel.attend(values=x["v"], masks=x["m"]), *kernel.t().attend(values=x["vt"], masks=x["mt"]),
+                        kernel.t().attend(values=x["vt1"])[0]]
+            dense = kernel.dense()
+        else:
+            s, q = x["s"] / x["s"].norm(dim=1, keepdim=True), x["q"] / x["q"].norm(dim=1, keepdim=True)
+            cos = torch.matmul(s.transpose(1, 2), q)  # [B, n, m]
+            w_row, w_col = torch.softmax(cos, -1), torch.softmax(cos.transpose(1, 2), -1)
+            attended = [w_row @ x["v"], w_row.transpose(1, 2) @ x["m"], w_col @ x["vt"], w_col.transpose(1, 2) @ x["mt"],
+                        w_col @ x["vt1"]]
+            dense = cos.exp() / cos.exp().sum(-1, keepdim=True).detach()  # dense(): row sums are constants
+        outs = (attended if consumers != "dense" else []) + ([dense] if consumers != "attend" else [])
+        ws = (weights[:5] if consumers != "dense" else []) + (weights[5:] if consumers != "attend" else [])
+        sum((o * w).sum() for o, w in zip(outs, ws)).backward()
+        return outs, {k: t.grad for k, t in x.items()}
+
+    fast_outs, fast_grads = run(True)
+    ref_outs, ref_grads = run(False)
+    for fast, ref in zip(fast_outs, ref_outs):
+        torch.testing.assert_close(fast, ref, rtol=1e-10, atol=1e-12)
+    for key, ref in ref_grads.items():
+        if ref is None:  # inputs of consumers this case does not use
+            assert fast_grads[key] is None, key
+        else:
+            assert ref.abs().max() > 0, key
+            torch.testing.assert_close(fast_grads[key], ref, rtol=1e-10, atol=1e-12, msg=key)
+
+
 # -- BCMA ---------------------------------------------------------------------------------
 
 
