@@ -84,3 +84,27 @@ def test_augment_is_deterministic_for_a_generator_state():
     a = augment(img, m, AUG, torch.Generator().manual_seed(1))
     b = augment(img, m, AUG, torch.Generator().manual_seed(1))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def test_gaussian_blur_matches_a_reflect_padded_convolution():
+    from fsmis.data.augment import _gaussian_blur
+
+    # independent reference: explicit loops over the kernel with numpy-style reflection
+    sigma, size = 1.5, 12
+    k = int(4 * sigma) | 1
+    r = np.arange(k) - k // 2
+    w = np.exp(-(r**2) / (2 * sigma**2))
+    w /= w.sum()
+    x = np.random.default_rng(0).uniform(-1, 1, (size, size))
+    padded = np.pad(x, k // 2, mode="reflect")
+    expected = np.zeros_like(x)
+    for i in range(size):
+        for j in range(size):
+            expected[i, j] = (w[:, None] * w[None, :] * padded[i:i + k, j:j + k]).sum()
+    got = _gaussian_blur(torch.tensor(x, dtype=torch.float32)[None, None], sigma)[0, 0].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-6)
+    # a constant field stays constant (the kernel sums to 1, reflection keeps it)
+    flat = _gaussian_blur(torch.full((2, 1, size, size), 0.3), sigma)
+    assert torch.allclose(flat, torch.full_like(flat, 0.3), atol=1e-6)
+    with pytest.raises(ValueError, match="square"):
+        _gaussian_blur(torch.zeros(1, 1, 8, 12), sigma)

@@ -67,3 +67,13 @@ def test_segmentation_loss_weights():
     assert loss.item() == pytest.approx(math.log(2), rel=1e-6)
     target = torch.tensor([[[0, 255]]])
     assert P.segmentation_loss(logits, target, 0.05, 1.0).item() == pytest.approx(math.log(2), rel=1e-6)
+
+
+def test_foreground_is_the_argmax_prediction_with_ties_to_background():
+    scores = torch.tensor([[[[0.2, 0.9, 0.5, -1.0]], [[0.8, 0.1, 0.5, float("-inf")]]]])  # [1, 2, 1, 4]
+    fg = P.foreground(scores)
+    assert fg.shape == (1, 1, 1, 4) and fg.dtype == torch.bool
+    assert fg.flatten().tolist() == [True, False, False, False]  # the tie (0.5, 0.5) is background
+    g = torch.Generator().manual_seed(0)
+    many = torch.randn(3, 2, 16, 16, generator=g)
+    assert torch.equal(P.foreground(many)[:, 0], many.argmax(dim=1) == 1)

@@ -46,7 +46,7 @@ import torch
 from fsmis import metrics as M
 from fsmis.protocols import PROTOCOLS, chunk_of, extent, query_plan, support_slices  # noqa: F401 (re-exported)
 from fsmis.data.episodes import tile3
-from fsmis.models.prototypes import resize_mask
+from fsmis.models.prototypes import foreground, resize_mask
 from fsmis.train import amp_dtype, autocast_encoder
 
 log = logging.getLogger(__name__)
@@ -115,7 +115,7 @@ class ModelPredictor:
     def predict(self, qfeats: dict, zs: list[int], state, size) -> np.ndarray:
         f = torch.cat([qfeats[z] for z in zs])
         logits = self.model.predict(f, state, size)
-        return (logits.argmax(dim=1) == 1).cpu().numpy()
+        return foreground(logits)[:, 0].cpu().numpy()
 
 
 class MaskTransferPredictor:

@@ -29,14 +29,32 @@ def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
     return lo + (hi - lo) * float(torch.rand((), generator=gen))
 
 
-def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of ``[N,1,H,W]`` with kernel size int(4 sigma) | 1."""
+@functools.lru_cache(maxsize=8)
+def _blur_matrix(size: int, sigma: float) -> torch.Tensor:
+    """``[size, size]`` matrix of a 1-D Gaussian blur with kernel size int(4 sigma) | 1
+    and reflect padding (the edge sample not repeated, as ``F.pad(mode="reflect")``)."""
     k = int(4 * sigma) | 1
-    r = torch.arange(k, dtype=x.dtype) - k // 2
+    r = torch.arange(k, dtype=torch.float64) - k // 2
     w = torch.exp(-(r**2) / (2 * sigma**2))
     w = w / w.sum()
-    x = F.conv2d(F.pad(x, (k // 2, k // 2, 0, 0), mode="reflect"), w.view(1, 1, 1, k))
-    return F.conv2d(F.pad(x, (0, 0, k // 2, k // 2), mode="reflect"), w.view(1, 1, k, 1))
+    rows = torch.arange(size)[:, None].expand(size, k)
+    cols = rows + r.long()[None]
+    cols = cols.abs()  # reflect below 0
+    cols = torch.where(cols > size - 1, 2 * (size - 1) - cols, cols)  # reflect above size - 1
+    m = torch.zeros(size, size, dtype=torch.float64)
+    m.index_put_((rows.reshape(-1), cols.reshape(-1)), w.expand(size, k).reshape(-1), accumulate=True)
+    return m.float()
+
+
+def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``[N,1,H,W]`` (square) with kernel size int(4 sigma) | 1
+    and reflect padding, as two products with a banded matrix: a single-channel
+    ``conv2d`` took ~20x longer on a CPU (1.2 ms for the 2 x 128 x 128 elastic field)."""
+    size = x.shape[-1]
+    if x.shape[-2] != size or int(4 * sigma) // 2 >= size:
+        raise ValueError(f"blur needs a square input wider than the kernel radius, got {tuple(x.shape)}, sigma {sigma}")
+    m = _blur_matrix(size, float(sigma)).to(x.dtype)
+    return torch.matmul(torch.matmul(m, x), m.t())
 
 
 def affine_matrix(rot_deg: float, tx: float, ty: float, shear_deg: float, zoom: float) -> torch.Tensor:

@@ -315,7 +315,7 @@ class DSPNet(FewShotSegmenter):
         """PANet alignment as the base class, except: the code variant's FSPA uses
         MAP-attention here (no clustering, as the reference's ``alignLoss``), and the
         RAN kernel of the main pass is reused transposed (query as support)."""
-        pred_fg = scores[:1].argmax(dim=1, keepdim=True).float()
+        pred_fg = P.foreground(scores[:1]).float()
         state = self.support_state(qry_f[:1], pred_fg, cluster=self.variant == "paper")
         if kernel is None or kernel.batch != 1:
             kernel = self._kernel(qry_f[:1], sup_f)

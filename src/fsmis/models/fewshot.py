@@ -68,7 +68,7 @@ class FewShotSegmenter(nn.Module):
         """PANet prototype alignment: the query's own prediction (argmax on the
         feature grid, no gradient through the mask) builds prototypes that must
         segment the support; plain cross-entropy against the support mask."""
-        pred_fg = scores[:1].argmax(dim=1, keepdim=True).float()
+        pred_fg = P.foreground(scores[:1]).float()
         back = self.score(sup_f, self.support_state(qry_f[:1], pred_fg))
         back = F.interpolate(back, size=sup_fg.shape[-2:], mode="bilinear", align_corners=False)
         return F.cross_entropy(back, sup_fg.long())

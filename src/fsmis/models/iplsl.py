@@ -312,7 +312,7 @@ class IPLSL(FewShotSegmenter):
         only, from the low-level map ``low [B,C,n]`` on the grid ``grid``: a learned
         residual (``"learned"``) or a ``boundary_weight`` share of low-level prototype
         scores (``"prototype"``)."""
-        pred = (scores[:, 1:] > scores[:, :1]).to(scores.dtype).unflatten(2, grid)
+        pred = P.foreground(scores).to(scores.dtype).unflatten(2, grid)
         band = boundary_band(pred.detach(), self.boundary_radius).flatten(2)
         if self.boundary_mode == "learned":
             return scores + band * self.boundary_head(low.unflatten(2, grid), scores.unflatten(2, grid)).flatten(2)
@@ -353,7 +353,7 @@ class IPLSL(FewShotSegmenter):
         halves the alignment's cost."""
         if self.full_align:
             return super().alignment_loss(scores, qry_f, sup_f, sup_fg)
-        pred_fg = (scores[:1, 1:] > scores[:1, :1]).to(scores.dtype)
+        pred_fg = P.foreground(scores[:1]).to(scores.dtype)
         st = self.support_state(qry_f[:1], pred_fg)
         protos = {k: st[k] for k in ("mid_fg", "mid_bg", "high_fg", "high_bg") if k in st}
         back = self._head(self.query_levels(sup_f), protos, st, informed=False).unflatten(2, sup_f.shape[-2:])

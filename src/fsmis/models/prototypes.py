@@ -72,6 +72,14 @@ def softmax_pool(scores: torch.Tensor) -> torch.Tensor:
     return (F.softmax(scores, dim=1) * scores).sum(dim=1, keepdim=True)
 
 
+def foreground(scores: torch.Tensor) -> torch.Tensor:
+    """``[B,2,...]`` background/foreground scores -> the boolean ``[B,1,...]`` argmax
+    prediction (a tie is background, as argmax's first index). A comparison instead of
+    ``argmax(dim=1)``, whose reduction over a 2-long strided dimension measured ~80x
+    slower on a CPU (6 ms for one 128x128 slice)."""
+    return scores[:, 1:] > scores[:, :1]
+
+
 def max_window_coverage(mask: torch.Tensor, window: int) -> float:
     """Largest fraction of a ``window x window`` cell covered by ``mask [1,1,h,w]``."""
     return float(F.avg_pool2d(mask, window).max())
