@@ -75,6 +75,19 @@ def test_missing_hand_placed_dataset_stops_before_any_job(tmp_path):
     assert seconds < 60
 
 
+def run_against(server, tmp_path, config: dict, *targets):
+    """The real workflow in ``tmp_path`` with ``config`` (written to fake.yaml), its
+    Zenodo requests going to the fake ``server``; returns the finished process."""
+    (tmp_path / "fake.yaml").write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k not in ("SNAKEMAKE_PROFILE", "MLFLOW_TRACKING_URI")}
+    env["FSMIS_ZENODO_API"] = server.api_base
+    env["FSMIS_TRACKING"] = "off"
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+           str(tmp_path), "--configfile", str(tmp_path / "fake.yaml"), "--workflow-profile", "none",
+           "--cores", "2", *targets]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+
+
 @pytest.mark.slow
 def test_chaos_from_a_fake_zenodo_record_to_preprocessed_volumes(tmp_path):
     source = fake_datasets.chaos(patients=(1, 2), n_slices=4)
@@ -82,20 +95,13 @@ def test_chaos_from_a_fake_zenodo_record_to_preprocessed_volumes(tmp_path):
         "experiment": "chaos-fake", "dataset": {"name": "chaos_mr", "cases": [1, 2]}, "n_folds": 2,
         "folds": [0, 1], "preprocess": {"image_size": 32},
     }
-    (tmp_path / "fake.yaml").write_text(yaml.safe_dump(config))
     targets = [f"results/data/chaos_mr/preprocessed/chaos_{n}_{kind}.nii.gz" for n in (1, 2)
                for kind in ("image", "label")] + ["results/data/chaos_mr/cases.tsv"]
     with FakeZenodo(source.records) as server:
-        env = {k: v for k, v in os.environ.items() if k not in ("SNAKEMAKE_PROFILE", "MLFLOW_TRACKING_URI")}
-        env["FSMIS_ZENODO_API"] = server.api_base
-        env["FSMIS_TRACKING"] = "off"
-        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-               str(tmp_path), "--configfile", str(tmp_path / "fake.yaml"), "--workflow-profile", "none",
-               "--cores", "2", *targets]
-        first = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        first = run_against(server, tmp_path, config, *targets)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-6000:]
         assert server.count("CHAOS_Train_Sets.zip") == 1
-        again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        again = run_against(server, tmp_path, config, *targets)
         assert again.returncode == 0 and server.count("CHAOS_Train_Sets.zip") == 1  # nothing downloaded again
     archive = tmp_path / "resources" / "chaos_mr" / "downloads" / "CHAOS_Train_Sets.zip"
     assert archive.read_bytes() == source.records["3431873"]["CHAOS_Train_Sets.zip"]  # kept, verified
@@ -119,16 +125,10 @@ def test_abdomenct1k_full_release_skips_maskless_cases_with_a_message(tmp_path):
         "experiment": "ct1k-fake", "dataset": {"name": "abdomenct1k", "form": "full", "cases": [1, 2, 3, 401, 801]},
         "n_folds": 2, "folds": [0, 1], "preprocess": {"image_size": 32},
     }
-    (tmp_path / "fake.yaml").write_text(yaml.safe_dump(config))
+    targets = ["results/ct1k-fake/splits.json", "results/data/abdomenct1k/classmap.json"]
     with FakeZenodo(source.records) as server:
-        env = {k: v for k, v in os.environ.items() if k not in ("SNAKEMAKE_PROFILE", "MLFLOW_TRACKING_URI")}
-        env["FSMIS_ZENODO_API"] = server.api_base
-        env["FSMIS_TRACKING"] = "off"
-        cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-               str(tmp_path), "--configfile", str(tmp_path / "fake.yaml"), "--workflow-profile", "none",
-               "--cores", "2", "results/ct1k-fake/splits.json", "results/data/abdomenct1k/classmap.json"]
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-        again = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        result = run_against(server, tmp_path, config, *targets)
+        again = run_against(server, tmp_path, config, *targets)
     out = result.stdout + result.stderr
     assert result.returncode == 0, out[-6000:]
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
