@@ -6,9 +6,8 @@ import torch
 
 from fsmis.data.augment import affine_matrix, augment, gamma, warp
 from fsmis.data.episodes import SuperpixelEpisodes
+from tiny_training import AUG
 
-AUG = dict(rotate_deg=5, translate_px=5, shear_deg=5, zoom=[0.9, 1.2], elastic_alpha=10, elastic_sigma=5,
-           gamma=[0.5, 1.5])
 
 
 def _data(seed=0):

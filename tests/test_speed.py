@@ -10,32 +10,16 @@ import pandas as pd
 import pytest
 import torch
 
+import tiny_training as tiny
 from fsmis import evaluate as E
 from fsmis import train as T
-from fsmis.data.episodes import SuperpixelEpisodes
-from fsmis.models import registry
 from fsmis.models.prototypes import resize_mask, segmentation_loss
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import speed  # noqa: E402
 
-AUG = dict(rotate_deg=5, translate_px=5, shear_deg=5, zoom=[0.9, 1.2], elastic_alpha=10, elastic_sigma=5,
-           gamma=[0.5, 1.5])
 CFG = dict(steps=3, lr=1e-2, momentum=0.9, weight_decay=5e-4, lr_step=2, lr_gamma=0.5, bg_weight=0.05, fg_weight=1.0,
            align_weight=1.0, checkpoint_every=0, log_every=1)
-
-
-def _episodes():
-    rng = np.random.default_rng(0)
-    img = rng.normal(size=(3, 32, 32)).astype(np.float32)
-    sp = np.zeros((3, 32, 32), np.int32)
-    sp[:, :16], sp[:, 16:] = 1, 2
-    return SuperpixelEpisodes([img], [sp], AUG, seed=5)
-
-
-def _model(method="ssl_alpnet"):
-    torch.manual_seed(0)
-    return registry.build(method, {"backbone": "small_cnn", "feature_dim": 8})
 
 
 def test_amp_choices():
@@ -52,12 +36,12 @@ def test_amp_off_is_the_plain_float32_step(tmp_path):
     """amp false (or absent) trains exactly the hand-written float32 loop."""
     models = {}
     for name, cfg in {"absent": CFG, "false": dict(CFG, amp=False)}.items():
-        models[name] = _model()
-        T.train(models[name], _episodes(), cfg, tmp_path / name / "model.pt", tmp_path / name / "log.tsv", {},
+        models[name] = tiny.model()
+        T.train(models[name], tiny.episodes(), cfg, tmp_path / name / "model.pt", tmp_path / name / "log.tsv", {},
                 device="cpu")
-    plain = _model()
+    plain = tiny.model()
     opt, sched = T.make_optimizer(plain, CFG)
-    episodes = _episodes()
+    episodes = tiny.episodes()
     for _ in range(CFG["steps"]):
         b = episodes.sample()
         logits, aux = plain(b["sup_img"], b["sup_fg"], b["qry_img"])
@@ -75,10 +59,10 @@ def test_amp_off_is_the_plain_float32_step(tmp_path):
 
 @pytest.mark.parametrize("method", ["ssl_alpnet", "iplsl"])
 def test_amp_training_runs_in_bf16_on_cpu(tmp_path, method):
-    model = _model(method)
+    model = tiny.model(method)
     seen = []
     model.backbone.register_forward_hook(lambda _m, _i, out: seen.append(out.dtype))
-    T.train(model, _episodes(), dict(CFG, amp=True), tmp_path / "model.pt", tmp_path / "log.tsv", {}, device="cpu")
+    T.train(model, tiny.episodes(), dict(CFG, amp=True), tmp_path / "model.pt", tmp_path / "log.tsv", {}, device="cpu")
     log = pd.read_csv(tmp_path / "log.tsv", sep="\t")
     assert len(log) == CFG["steps"] and np.isfinite(log["loss"]).all()
     assert set(seen) == {torch.bfloat16}  # the encoder ran under autocast
@@ -96,7 +80,7 @@ def _scan(case, seed):
 
 
 def test_evaluation_amp_off_is_float32_and_amp_on_runs():
-    model = _model()
+    model = tiny.model()
     support, query = _scan("s", 0), _scan("q", 1)
     classes = {"liver": 1, "spleen": 2}
     plain_rows, plain = E.evaluate_scans(E.ModelPredictor(model, "cpu"), support, [query], classes)
@@ -122,7 +106,7 @@ def test_evaluation_amp_off_is_float32_and_amp_on_runs():
 
 
 def test_each_slice_is_encoded_once_for_all_classes_and_protocols():
-    model = _model()
+    model = tiny.model()
     support, query = _scan("s", 0), _scan("q", 1)
     classes = {"liver": 1, "spleen": 2}
     predictor = E.ModelPredictor(model, "cpu")
@@ -195,7 +179,7 @@ def test_reference_needs_a_checkout_and_torchvision(tmp_path, monkeypatch):
 
 
 def test_channels_last_encoder_matches_and_is_undone():
-    model = _model().eval()
+    model = tiny.model().eval()
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         plain = model.encode(x)

@@ -1,33 +1,17 @@
 """Training loop: loss goes down, checkpoints resume to the same model."""
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+import tiny_training as tiny
 from fsmis import checkpoint as ckpt
 from fsmis import train as T
-from fsmis.data.episodes import SuperpixelEpisodes
 from fsmis.errors import InputError
 from fsmis.models import registry
 
-AUG = dict(rotate_deg=5, translate_px=5, shear_deg=5, zoom=[0.9, 1.2], elastic_alpha=10, elastic_sigma=5,
-           gamma=[0.5, 1.5])
 CFG = dict(steps=6, lr=1e-3, momentum=0.9, weight_decay=5e-4, lr_step=2, lr_gamma=0.5, bg_weight=0.05, fg_weight=1.0,
            align_weight=1.0, checkpoint_every=3, log_every=1)
-
-
-def _episodes():
-    rng = np.random.default_rng(0)
-    img = rng.normal(size=(3, 32, 32)).astype(np.float32)
-    sp = np.zeros((3, 32, 32), np.int32)
-    sp[:, :16], sp[:, 16:] = 1, 2
-    return SuperpixelEpisodes([img], [sp], AUG, seed=5)
-
-
-def _model():
-    torch.manual_seed(0)
-    return registry.build("ssl_alpnet", {"backbone": "small_cnn", "feature_dim": 8})
 
 
 class Killer:
@@ -43,13 +27,13 @@ class Killer:
 
 def test_resume_after_kill_gives_the_same_model(tmp_path):
     meta = {"config_hash": "abc"}
-    T.train(_model(), _episodes(), CFG, tmp_path / "a" / "model.pt", tmp_path / "a" / "log.tsv", meta, device="cpu")
+    T.train(tiny.model(), tiny.episodes(), CFG, tmp_path / "a" / "model.pt", tmp_path / "a" / "log.tsv", meta, device="cpu")
     b = tmp_path / "b"
     with pytest.raises(KeyboardInterrupt):
-        T.train(_model(), _episodes(), CFG, b / "model.pt", b / "log.tsv", meta, device="cpu", tracker=Killer(5))
+        T.train(tiny.model(), tiny.episodes(), CFG, b / "model.pt", b / "log.tsv", meta, device="cpu", tracker=Killer(5))
     assert (b / "checkpoint.pt").exists() and not (b / "model.pt").exists()
     assert ckpt.load(b / "checkpoint.pt")["step"] == 3
-    T.train(_model(), _episodes(), CFG, b / "model.pt", b / "log.tsv", meta, device="cpu")
+    T.train(tiny.model(), tiny.episodes(), CFG, b / "model.pt", b / "log.tsv", meta, device="cpu")
     sa, sb = ckpt.load(tmp_path / "a" / "model.pt"), ckpt.load(b / "model.pt")
     for k in sa["state_dict"]:
         assert torch.allclose(sa["state_dict"][k].float(), sb["state_dict"][k].float(), atol=1e-6), k
@@ -62,16 +46,16 @@ def test_resume_after_kill_gives_the_same_model(tmp_path):
 def test_checkpoint_of_another_configuration_is_kept_aside(tmp_path):
     b = tmp_path / "b"
     with pytest.raises(KeyboardInterrupt):
-        T.train(_model(), _episodes(), CFG, b / "model.pt", b / "log.tsv", {"config_hash": "old"}, device="cpu",
+        T.train(tiny.model(), tiny.episodes(), CFG, b / "model.pt", b / "log.tsv", {"config_hash": "old"}, device="cpu",
                 tracker=Killer(4))
-    T.train(_model(), _episodes(), CFG, b / "model.pt", b / "log.tsv", {"config_hash": "new"}, device="cpu")
+    T.train(tiny.model(), tiny.episodes(), CFG, b / "model.pt", b / "log.tsv", {"config_hash": "new"}, device="cpu")
     assert (b / "checkpoint.old.pt").exists()
     assert pd.read_csv(b / "log.tsv", sep="\t")["step"].iloc[0] == 1  # started fresh
 
 
 def test_training_reduces_the_episode_loss(tmp_path):
     cfg = dict(CFG, steps=60, lr=1e-2, lr_step=1000, checkpoint_every=0, log_every=10)
-    T.train(_model(), _episodes(), cfg, tmp_path / "model.pt", tmp_path / "log.tsv", {}, device="cpu")
+    T.train(tiny.model(), tiny.episodes(), cfg, tmp_path / "model.pt", tmp_path / "log.tsv", {}, device="cpu")
     loss = pd.read_csv(tmp_path / "log.tsv", sep="\t")["query_loss"]
     assert loss.iloc[-1] < 0.7 * loss.iloc[0]
 
@@ -89,12 +73,11 @@ def test_method_losses_that_need_the_query_label_are_trained(tmp_path):
     import pandas as pd
 
     from fsmis import train as T
-    from fsmis.models import registry
-
+    
     torch.manual_seed(0)
     model = registry.build("iplsl", {"backbone": "small_cnn", "feature_dim": 16}, {})
     assert model.takes_query_label
-    episodes = _episodes()
+    episodes = tiny.episodes()
     cfg = {"steps": 4, "lr": 1e-3, "momentum": 0.9, "weight_decay": 5e-4, "lr_step": 1000, "lr_gamma": 0.95,
            "bg_weight": 0.05, "fg_weight": 1.0, "align_weight": 1.0, "log_every": 2, "checkpoint_every": 0}
     T.train(model, episodes, cfg, tmp_path / "model.pt", tmp_path / "log.tsv", {"method": "iplsl"})

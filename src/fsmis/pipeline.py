@@ -126,18 +126,18 @@ def inventory(dataset: dict, raw_dir: str, cases: list[str], out: str, tracking:
 
     with _job("inventory", tracking, {"dataset": dataset}) as run:
         verdict = adapters.inventory(dataset, raw_dir, cases)
-        table = pd.DataFrame({"case": list(verdict), "usable": [int(r is None) for r in verdict.values()],
-                              "reason": [r or "" for r in verdict.values()]})
-        skipped = table.loc[table["usable"] == 0, "case"].tolist()
-        if len(table) - len(skipped) < 2:
-            raise InputError(raw_dir, f"only {len(table) - len(skipped)} of the {len(table)} requested cases are "
-                                      f"usable (skipped: {skipped[:10]}); choose others with dataset.cases")
-        io.write_tsv(table, out)
-        run.log_metrics({"requested": len(table), "usable": len(table) - len(skipped), "skipped": len(skipped)})
+        skipped = {c: r for c, r in verdict.items() if r}
+        usable = len(verdict) - len(skipped)
+        if usable < 2:
+            raise InputError(raw_dir, f"only {usable} of the {len(verdict)} requested cases are "
+                                      f"usable (skipped: {list(skipped)[:10]}); choose others with dataset.cases")
+        io.write_tsv(pd.DataFrame({"case": list(verdict), "usable": [int(r is None) for r in verdict.values()],
+                                   "reason": [r or "" for r in verdict.values()]}), out)
+        run.log_metrics({"requested": len(verdict), "usable": usable, "skipped": len(skipped)})
         if skipped:
-            log.warning("skipping %d of %d requested case(s): %s", len(skipped), len(table),
-                        "; ".join(f"{c} ({r})" for c, r in verdict.items() if r))
-        log.info("inventory: %d usable case(s) -> %s", len(table) - len(skipped), out)
+            log.warning("skipping %d of %d requested case(s): %s", len(skipped), len(verdict),
+                        "; ".join(f"{c} ({r})" for c, r in skipped.items()))
+        log.info("inventory: %d usable case(s) -> %s", usable, out)
 
 
 def canonical(dataset: dict, raw_dir: str, out_dir: str, cases: list[str], cases_tsv: str, tracking: dict) -> None:

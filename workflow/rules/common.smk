@@ -204,7 +204,9 @@ wildcard_constraints:
 
 def usable_cases():
     """The cases everything after the canonical step runs on: CASES, or the usable ones
-    of the inventory checkpoint (Snakemake re-plans the jobs that ask once it ran)."""
+    of the inventory checkpoint (Snakemake re-plans the jobs that ask once it ran).
+    Read at every call, not cached: a checkpoint rerun in the same invocation (changed
+    cases) must be seen by the re-planning."""
     if not DYNAMIC_CASES:
         return CASES
     table = checkpoints.inventory.get(ds=DATASET).output.inventory
@@ -313,7 +315,7 @@ def report_items(pattern, caption, category):
 
 def report_skipped_cases():
     """At the end of a run: name the requested cases the inventory skipped."""
-    table = Path(f"results/data/{DATASET}/inventory.tsv")
+    table = Path(expand(rules.inventory.output.inventory, ds=DATASET)[0])
     if not DYNAMIC_CASES or not table.exists():
         return
     skipped = sorted(set(CASES) - set(ADAPTERS.usable_cases(table)))

@@ -95,18 +95,21 @@ def downloads(dataset_cfg: dict) -> dict[str, list[str]]:
     return {r: list(f) for r, f in source.get("records", {}).items()}
 
 
+def _optional(dataset_cfg: dict, name: str):
+    """The adapter's optional function ``name``, or None (also for the phantom)."""
+    return getattr(get(dataset_cfg["name"]), name, None) if dataset_cfg["name"] in _MODULES else None
+
+
 def cases_known_after_unpack(dataset_cfg: dict) -> bool:
     """Whether the usable cases of this config are only known after unpacking."""
-    if dataset_cfg["name"] not in _MODULES:
-        return False
-    fn = getattr(get(dataset_cfg["name"]), "cases_known_after_unpack", None)
+    fn = _optional(dataset_cfg, "cases_known_after_unpack")
     return bool(fn and fn(dataset_cfg))
 
 
 def inventory(dataset_cfg: dict, raw_dir, cases) -> dict[str, str | None]:
     """``{case: None if usable, else why it is skipped}``; every case is usable for an
     adapter without an ``inventory``."""
-    fn = getattr(get(dataset_cfg["name"]), "inventory", None) if dataset_cfg["name"] in _MODULES else None
+    fn = _optional(dataset_cfg, "inventory")
     return fn(dataset_cfg, raw_dir, list(cases)) if fn else {c: None for c in cases}
 
 

@@ -112,6 +112,15 @@ def _index(cfg: dict, raw_dir) -> tuple[dict, dict, Path]:
     return images, masks, found["TrainMask"]
 
 
+def _index_with_images(cfg: dict, raw_dir, cases) -> tuple[dict, dict, Path]:
+    """``_index``, refusing a requested case without an image (incomplete archives)."""
+    images, masks, mask_where = _index(cfg, raw_dir)
+    no_image = [c for c in cases if _number(c) not in images]
+    if no_image:
+        raise InputError(raw_dir, f"{len(no_image)} requested case(s) have no image: {no_image[:10]}")
+    return images, masks, mask_where
+
+
 def cases_known_after_unpack(dataset_cfg: dict) -> bool:
     """True where the usable cases are only known once the archives are unpacked (the
     full release: 62 of its images have no public mask)."""
@@ -122,10 +131,7 @@ def inventory(dataset_cfg: dict, raw_dir, cases) -> dict[str, str | None]:
     """``{case: None if usable, else the reason it is skipped}`` for the requested
     ``cases``, in order. A requested case without an image is an error (the archives
     are incomplete), not a skip."""
-    images, masks, mask_where = _index(dataset_cfg, raw_dir)
-    no_image = [c for c in cases if _number(c) not in images]
-    if no_image:
-        raise InputError(raw_dir, f"{len(no_image)} requested case(s) have no image: {no_image[:10]}")
+    _, masks, mask_where = _index_with_images(dataset_cfg, raw_dir, cases)
     return {c: None if _number(c) in masks else f"no mask below {mask_where}" for c in cases}
 
 
@@ -139,10 +145,7 @@ def check_source(dataset_cfg: dict, root) -> None:
 
 
 def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, str, str]]:
-    images, masks, mask_where = _index(dataset_cfg, raw_dir)
-    no_image = [c for c in cases if _number(c) not in images]
-    if no_image:
-        raise InputError(raw_dir, f"{len(no_image)} requested case(s) have no image: {no_image[:10]}")
+    images, masks, mask_where = _index_with_images(dataset_cfg, raw_dir, cases)
     maskless = [c for c in cases if _number(c) not in masks]
     if maskless:
         raise InputError(mask_where, (
