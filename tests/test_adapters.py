@@ -1,9 +1,11 @@
 """Dataset adapters: real raw layouts (faked small) -> checked (case, image, label) pairs."""
 
 import io
+import json
 import subprocess
 import sys
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -80,8 +82,11 @@ def test_chaos_conversion_geometry_and_slices(chaos_raw, tmp_path):
     cfg = {"name": "chaos_mr", "cases": [1, 2]}
     m.check_source(cfg, chaos_raw)
     pairs = m.pairs(cfg, chaos_raw, tmp_path / "work", m.case_ids(cfg))
-    case, image_path, label_path = pairs[0]
+    case, image_path, label_path, source_image, source_label = pairs[0]
     assert case == "chaos_1"
+    # cases.tsv will name the DICOM series and the PNG masks, not the deleted work copies
+    assert source_image.endswith("MR/1/T2SPIR/DICOM_anon")
+    assert Path(source_image).is_dir() and Path(source_label).is_dir() and source_label.endswith("T2SPIR/Ground")
     image, label = sitk.ReadImage(image_path), sitk.ReadImage(label_path)
     n = 4
     assert image.GetSize() == (12, 10, n)
@@ -213,6 +218,10 @@ def test_nifti_folder_nnunet_v2(tmp_path):
     pairs = m.pairs(cfg, root, tmp_path / "work", m.case_ids(cfg))
     assert pairs[0][2] == str(tmp_path / "work" / "liver_0_label.nii.gz")
     assert set(np.unique(_arr(pairs[0][2]))) == {0, 1} and 2 in _arr(root / "labelsTr" / "liver_0.nii.gz")
+    # the table records the raw label, which outlives the work folder
+    table = _build("nifti_folder", pairs, tmp_path, cfg)
+    assert table.loc[0, "source_label"] == str(root / "labelsTr" / "liver_0.nii.gz")
+    assert table.loc[0, "source_image"] == str(root / "imagesTr" / "liver_0_0000.nii.gz")
     with pytest.raises(ValueError, match="neither a number nor a label"):
         adapters.facts({**cfg, "label_map": {"kidney": "left_kidney"}})
     with pytest.raises(ValueError, match="label_map is required"):
@@ -276,3 +285,79 @@ def test_cmr_pairs(tmp_path):
     assert pairs[2][1].endswith("c0t2lge/patient3_C0.nii.gz") and pairs[2][2].endswith("c0gt/patient3_C0_manual.nii.gz")
     table = _build("cmr_bssfp", pairs, tmp_path)
     assert table["labels"].tolist() == ["lv_bp,lv_myo,rv"] * 3
+
+
+# -- per-case modality -----------------------------------------------------------------
+
+def _mixed_folder(root, mr_cases=("liver_1",), training_modality=None):
+    """An nnU-Net folder whose dataset.json says CT but whose ``mr_cases`` hold MR-like
+    intensities (non-negative); CT cases hold air (-1000) around a body."""
+    root = F.nnunet_folder(root, "msd")
+    for stem in ("liver_0", "liver-1", "liver_2"):
+        case = stem.replace("-", "_")
+        image, _ = F._pair_arrays(1, (1, 2))
+        if case in mr_cases:
+            image = (image.astype(np.int32) + 300).astype(np.int16)  # 100..600, no air
+        else:
+            image[:, 0, :] = -1000  # air rows: a CT signature
+        F.write_nifti(root / "imagesTr" / f"{stem}.nii.gz", image)
+    if training_modality:
+        meta = json.loads((root / "dataset.json").read_text())
+        for entry in meta["training"]:
+            case = Path(entry["label"]).name[: -len(".nii.gz")].replace("-", "_")
+            if case in training_modality:
+                entry["modality"] = training_modality[case]
+        (root / "dataset.json").write_text(json.dumps(meta))
+    return root
+
+
+def _canonical(cfg, root, tmp_path):
+    cases = adapters.get("nifti_folder").case_ids(cfg)
+    claims = adapters.modality_claims(cfg, cases)
+    pairs = adapters.get("nifti_folder").pairs(cfg, root, tmp_path / "work", cases)
+    return canonical.build(pairs, tmp_path / "canonical", adapters.facts(cfg)["label_map"],
+                           {c: m for c, (m, _, _) in claims.items()},
+                           claims={c: w for c, (_, w, own) in claims.items() if not own})
+
+
+def test_intensity_signature_tells_ct_from_mr():
+    ct = np.full((4, 8, 8), 40, np.int16)
+    ct[:, :2] = -1000
+    assert canonical.intensity_modality(ct)[0] == "CT"
+    assert canonical.intensity_modality(np.abs(ct))[0] == "MR"
+    zscored = np.linspace(-2.5, 3.0, 256).reshape(4, 8, 8)
+    assert canonical.intensity_modality(zscored)[0] == "MR"
+    soft_tissue_only = np.linspace(-200, 300, 256).reshape(4, 8, 8)  # cropped CT: no verdict
+    assert canonical.intensity_modality(soft_tissue_only)[0] is None
+
+
+def test_nifti_folder_mixing_ct_and_mr_without_saying_so_is_refused(tmp_path):
+    root = _mixed_folder(tmp_path / "ds")
+    cfg = {"name": "nifti_folder", "root": str(root), "label_map": {1: "liver"}, "ignore_labels": [2]}
+    assert adapters.case_modalities(cfg, ["liver_0", "liver_1"]) == {"liver_0": "CT", "liver_1": "CT"}
+    with pytest.raises(InputError, match=r"(?s)liver-1\.nii\.gz: case liver_1 is CT by dataset\.json channel 'CT', "
+                                         r"but its intensities look like MR.*modality: \{liver_1: MR"):
+        _canonical(cfg, root, tmp_path)
+
+
+def test_nifti_folder_per_case_modality_from_config_or_dataset_json(tmp_path):
+    root = _mixed_folder(tmp_path / "ds")
+    cfg = {"name": "nifti_folder", "root": str(root), "label_map": {1: "liver"}, "ignore_labels": [2],
+           "modality": {"liver_1": "MR"}}
+    assert adapters.case_modalities(cfg, ["liver_0", "liver_1", "liver_2"]) == {
+        "liver_0": "CT", "liver_1": "MR", "liver_2": "CT"}
+    assert adapters.facts(cfg)["modality"] == "mixed"
+    table = _canonical(cfg, root, tmp_path)
+    assert table.set_index("case")["modality"].to_dict() == {"liver_0": "CT", "liver_1": "MR", "liver_2": "CT"}
+    # the same statement in dataset.json's training entry
+    root2 = _mixed_folder(tmp_path / "ds2", training_modality={"liver_1": "MR"})
+    cfg2 = {**cfg, "root": str(root2)}
+    del cfg2["modality"]
+    assert adapters.modality_claims(cfg2, ["liver_1"])["liver_1"] == (
+        "MR", "dataset.json training entry of liver_1", True)
+    assert _canonical(cfg2, root2, tmp_path / "b").set_index("case").loc["liver_1", "modality"] == "MR"
+    # a folder-wide config value is still checked against each case
+    with pytest.raises(InputError, match="case liver_1 is CT by dataset.modality, but"):
+        _canonical({**cfg, "modality": "CT"}, root, tmp_path / "c")
+    with pytest.raises(ValueError, match=r"dataset.modality names unknown cases \['liver_9'\]"):
+        adapters.case_modalities({**cfg, "modality": {"liver_9": "MR"}}, ["liver_0"])

@@ -55,8 +55,10 @@ def test_writes_image_unchanged_and_table(tmp_path):
     src, src_arr = _read(pairs[0][1])
     assert img.GetPixelID() == sitk.sitkInt16 and np.array_equal(arr, src_arr)
     assert img.GetOrigin() == src.GetOrigin() and img.GetSpacing() == src.GetSpacing()
-    assert list(table.columns) == ["case", "source_image", "source_label", "modality", "spacing_x", "spacing_y",
-                                   "spacing_z", "size_x", "size_y", "size_z", "labels"]
+    assert list(table.columns) == ["case", "source_image", "source_label", "modality", "orientation_source",
+                                   "orientation", "spacing_x", "spacing_y", "spacing_z", "size_x", "size_y",
+                                   "size_z", "labels"]
+    assert table["orientation_source"].tolist() == ["LPS", "LPS"] and set(table["orientation"]) == {"LPS"}
     assert table["case"].tolist() == ["p10", "p2"]
     row = table.iloc[1]
     assert row["labels"] == "spleen,right_kidney"  # canonical id order
@@ -146,3 +148,74 @@ def test_usable_cases_of_an_inventory(tmp_path):
 
     (tmp_path / "inventory.tsv").write_text("case\tusable\treason\nc_1\t1\t\nc_2\t0\tno mask below x\nc_3\t1\t\n")
     assert usable_cases(tmp_path / "inventory.tsv") == ["c_1", "c_3"]
+
+
+# -- one anatomical orientation ------------------------------------------------------
+
+def _stored_as(img: sitk.Image, flip=(), order=(0, 1, 2)) -> sitk.Image:
+    """The same anatomy stored differently: array axes (x, y, z) flipped and/or
+    permuted, with origin and direction updated so that every voxel keeps its
+    physical position (what another scanner or converter would write)."""
+    out = sitk.Flip(img, [a in flip for a in range(3)]) if flip else img
+    return sitk.PermuteAxes(out, list(order)) if tuple(order) != (0, 1, 2) else out
+
+
+@pytest.mark.parametrize(("flip", "order", "code"), [
+    ((0,), (0, 1, 2), "RPS"), ((2,), (0, 1, 2), "LPI"), ((0, 1), (0, 1, 2), "RAS"),
+    ((), (2, 0, 1), "SLP"), ((1,), (1, 2, 0), "ASL")])
+def test_every_storage_order_gives_the_same_canonical_volume(tmp_path, flip, order, code):
+    case, image_path, label_path = _pair(tmp_path, "ref", values=(63, 252, 126))
+    canonical.build([(case, image_path, label_path)], tmp_path / "ref", CHAOS_MAP, "CT")
+    other = tmp_path / "other"
+    other.mkdir()
+    for src, name in ((image_path, "img"), (label_path, "lab")):
+        moved = _stored_as(sitk.ReadImage(src), flip, order)
+        sitk.WriteImage(moved, str(other / f"c_{name}.nii.gz"))
+    assert canonical.orientation_of(sitk.ReadImage(str(other / "c_img.nii.gz"))) == code
+    table = canonical.build([("c", str(other / "c_img.nii.gz"), str(other / "c_lab.nii.gz"))], tmp_path / "out",
+                            CHAOS_MAP, "CT")
+    assert table.iloc[0]["orientation_source"] == code and table.iloc[0]["orientation"] == "LPS"
+    for kind in ("image", "label"):
+        ref, ref_arr = _read(tmp_path / "ref" / f"ref_{kind}.nii.gz")
+        got, got_arr = _read(tmp_path / "out" / f"c_{kind}.nii.gz")
+        # axes are only permuted and flipped: the arrays are identical, not merely close
+        assert np.array_equal(got_arr, ref_arr)
+        assert np.allclose(got.GetOrigin(), ref.GetOrigin(), atol=1e-6)
+        assert np.allclose(got.GetDirection(), ref.GetDirection(), atol=1e-12)
+        assert np.allclose(got.GetSpacing(), ref.GetSpacing(), atol=1e-12)
+    # spacing and size in the table are those of the canonical volume
+    assert (table.iloc[0]["size_x"], table.iloc[0]["size_z"]) == (7, 4)
+
+
+def test_reorientation_keeps_every_voxel_at_its_physical_position(tmp_path):
+    img = sitk.ReadImage(_pair(tmp_path)[1])
+    stored = _stored_as(img, flip=(0, 2), order=(1, 0, 2))
+    canon = canonical.reorient(stored)
+    arr = sitk.GetArrayViewFromImage(stored)
+    canon_arr = sitk.GetArrayViewFromImage(canon)
+    for idx in [(0, 0, 0), (5, 3, 1), (2, 6, 3)]:  # (x, y, z) indices of the stored volume
+        point = stored.TransformIndexToPhysicalPoint(idx)
+        cx, cy, cz = canon.TransformPhysicalPointToIndex(point)
+        assert canon_arr[cz, cy, cx] == arr[idx[2], idx[1], idx[0]]
+
+
+def test_predictions_go_back_to_the_raw_grid(tmp_path):
+    """A label on the canonical grid, resampled back, lands on the raw file's grid and
+    axis order, voxel for voxel."""
+    case, image_path, label_path = _pair(tmp_path, "ref", values=(63, 252, 126))
+    raw = _stored_as(sitk.ReadImage(label_path), flip=(1,), order=(2, 0, 1))
+    sitk.WriteImage(raw, str(tmp_path / "raw_lab.nii.gz"))
+    sitk.WriteImage(_stored_as(sitk.ReadImage(image_path), flip=(1,), order=(2, 0, 1)), str(tmp_path / "raw.nii.gz"))
+    canonical.build([("c", str(tmp_path / "raw.nii.gz"), str(tmp_path / "raw_lab.nii.gz"))], tmp_path / "out",
+                    CHAOS_MAP, "CT")
+    canon_label = sitk.ReadImage(str(tmp_path / "out" / "c_label.nii.gz"))
+    canon_image = sitk.ReadImage(str(tmp_path / "out" / "c_image.nii.gz"))
+    back = canonical.to_source_grid(canon_label, canon_image, canonical.orientation_of(raw))
+    assert back.GetSize() == raw.GetSize()
+    assert np.allclose(back.GetOrigin(), raw.GetOrigin(), atol=1e-6)
+    assert np.allclose(back.GetDirection(), raw.GetDirection(), atol=1e-12)
+    raw_ids = sitk.GetArrayFromImage(raw)
+    expected = np.zeros_like(raw_ids)
+    for value, name in CHAOS_MAP.items():
+        expected[raw_ids == value] = class_id(name)
+    assert np.array_equal(sitk.GetArrayFromImage(back), expected)

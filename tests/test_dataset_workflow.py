@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import fake_datasets
+import pandas as pd
 import pytest
 import SimpleITK as sitk
 import yaml
@@ -90,10 +91,11 @@ def run_against(server, tmp_path, config: dict, *targets):
 
 @pytest.mark.slow
 def test_chaos_from_a_fake_zenodo_record_to_preprocessed_volumes(tmp_path):
-    source = fake_datasets.chaos(patients=(1, 2), n_slices=4)
+    source = fake_datasets.chaos(patients=(1, 2, 3), n_slices=4)
+    # 3 cases in 3 folds: the smallest dataset whose folds keep a training case each
     config = {
-        "experiment": "chaos-fake", "dataset": {"name": "chaos_mr", "cases": [1, 2]}, "n_folds": 2,
-        "folds": [0, 1], "preprocess": {"image_size": 32},
+        "experiment": "chaos-fake", "dataset": {"name": "chaos_mr", "cases": [1, 2, 3]}, "n_folds": 3,
+        "preprocess": {"image_size": 32},
     }
     targets = [f"results/data/chaos_mr/preprocessed/chaos_{n}_{kind}.nii.gz" for n in (1, 2)
                for kind in ("image", "label")] + ["results/data/chaos_mr/cases.tsv"]
@@ -114,8 +116,11 @@ def test_chaos_from_a_fake_zenodo_record_to_preprocessed_volumes(tmp_path):
         assert image.GetSize() == label.GetSize()
         values = set(sitk.GetArrayViewFromImage(label).ravel().tolist())
         assert values <= {0, 1, 2, 3, 4} and len(values) > 1  # canonical ids, organs kept
-    cases = (tmp_path / "results/data/chaos_mr/cases.tsv").read_text()
-    assert "chaos_1" in cases and "chaos_2" in cases
+    cases = pd.read_csv(tmp_path / "results/data/chaos_mr/cases.tsv", sep="\t")
+    assert cases["case"].tolist() == ["chaos_1", "chaos_2", "chaos_3"]
+    # the table names the raw DICOM series and PNG masks, which exist; not the deleted work copies
+    for path in [*cases["source_image"], *cases["source_label"]]:
+        assert (tmp_path / path).is_dir() and ".work-" not in path, path
 
 
 @pytest.mark.slow
@@ -125,7 +130,7 @@ def test_abdomenct1k_full_release_skips_maskless_cases_with_a_message(tmp_path):
         "experiment": "ct1k-fake", "dataset": {"name": "abdomenct1k", "form": "full", "cases": [1, 2, 3, 401, 801]},
         "n_folds": 2, "folds": [0, 1], "preprocess": {"image_size": 32},
     }
-    targets = ["results/ct1k-fake/splits.json", "results/data/abdomenct1k/classmap.json"]
+    targets = ["results/ct1k-fake/splits.json", "results/data/abdomenct1k_full/classmap.json"]
     with FakeZenodo(source.records) as server:
         result = run_against(server, tmp_path, config, *targets)
         again = run_against(server, tmp_path, config, *targets)
@@ -134,17 +139,17 @@ def test_abdomenct1k_full_release_skips_maskless_cases_with_a_message(tmp_path):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     # the maskless case is named at the end of the run, and in the inventory with its reason
     assert "1 of 5 requested case(s) were skipped (no mask): case_00002" in out
-    inventory = (tmp_path / "results/data/abdomenct1k/inventory.tsv").read_text().splitlines()
+    inventory = (tmp_path / "results/data/abdomenct1k_full/inventory.tsv").read_text().splitlines()
     assert inventory[0].split("\t") == ["case", "usable", "reason"]
     rows = {line.split("\t")[0]: line.split("\t")[1:] for line in inventory[1:]}
     assert rows["case_00002"][0] == "0" and "no mask" in rows["case_00002"][1]
     assert [rows[c][0] for c in ("case_00001", "case_00003", "case_00401", "case_00801")] == ["1"] * 4
     # everything after it is built from the four usable cases only
     cases = [line.split("\t")[0] for line in
-             (tmp_path / "results/data/abdomenct1k/cases.tsv").read_text().splitlines()[1:]]
+             (tmp_path / "results/data/abdomenct1k_full/cases.tsv").read_text().splitlines()[1:]]
     assert cases == ["case_00001", "case_00003", "case_00401", "case_00801"]
-    assert not list((tmp_path / "results/data/abdomenct1k").rglob("case_00002*"))
-    classmap = (tmp_path / "results/data/abdomenct1k/classmap.json").read_text()
+    assert not list((tmp_path / "results/data/abdomenct1k_full").rglob("case_00002*"))
+    classmap = (tmp_path / "results/data/abdomenct1k_full/classmap.json").read_text()
     assert "case_00002" not in classmap and "case_00801" in classmap
     splits = json.loads((tmp_path / "results/ct1k-fake/splits.json").read_text())
     assert "case_00002" not in json.dumps(splits)

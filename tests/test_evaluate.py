@@ -97,3 +97,60 @@ def test_full_protocol_absent_class_with_prediction_scores_zero():
     assert rows[0]["flag"] == "empty_reference" and rows[0]["dice"] == 0.0
     with pytest.raises(ValueError, match="unknown protocol"):
         E.query_plan("strict", qry, 1, 3)
+
+
+# -- a support scan that lacks a test class -------------------------------------------
+
+def test_class_absent_from_the_support_is_flagged_and_the_others_evaluated():
+    sup = np.zeros((3, 4, 4), np.uint8)
+    sup[:, 0:2, 0:2] = 1  # liver only: no spleen (2) in the support
+    qry = np.zeros((3, 4, 4), np.uint8)
+    qry[:, 0:2, 1:3] = 1
+    qry[:, 3, 3] = 2
+    rows, preds = E.evaluate_scans(E.MaskTransferPredictor(), _scan("s", sup), [_scan("q", qry)],
+                                   {"liver": 1, "spleen": 2}, protocols=("oracle", "full"))
+    by = {(r["protocol"], r["class"]): r for r in rows}
+    for protocol in ("oracle", "full"):
+        assert by[protocol, "spleen"]["flag"] == E.SUPPORT_MISSING and np.isnan(by[protocol, "spleen"]["dice"])
+        assert by[protocol, "spleen"]["support"] == "s"
+    assert by["oracle", "liver"]["dice"] == pytest.approx(0.5)  # as test_mask_transfer_dice_by_hand
+    summary = E.summarize([r for r in rows if r["protocol"] == "oracle"], ["liver", "spleen"])
+    assert summary["support_missing"] == ["spleen"] and summary["mean_dice"] == pytest.approx(0.5)
+    assert not (preds["oracle"]["q"] == 2).any()
+
+
+def test_classes_may_take_their_support_from_different_scans():
+    a = np.zeros((3, 4, 4), np.uint8)
+    a[:, 0:2, 0:2] = 1
+    b = np.zeros((3, 4, 4), np.uint8)
+    b[:, 2:4, 2:4] = 2
+    qry = a + b
+    rows, _ = E.evaluate_scans(E.MaskTransferPredictor(), {"liver": _scan("a", a), "spleen": _scan("b", b)},
+                               [_scan("q", qry)], {"liver": 1, "spleen": 2})
+    assert {(r["class"], r["support"], r["dice"]) for r in rows} == {("liver", "a", 1.0), ("spleen", "b", 1.0)}
+
+
+def test_next_support_skips_test_scans_and_scans_without_the_class():
+    from fsmis.protocols import next_support
+
+    order = ["c1", "c2", "c3", "c4", "c5"]
+    has = {"c1": True, "c2": False, "c3": True, "c4": False, "c5": True}
+    # fold tests c3 with support c4 (lacks the class): c5 is next
+    assert next_support("c4", order, ["c3"], has.get) == "c5"
+    # c5 tested: wrap past c1? c1 has it
+    assert next_support("c4", order, ["c5"], has.get) == "c1"
+    # nothing eligible
+    assert next_support("c2", order, ["c1", "c3", "c5"], has.get) is None
+    with pytest.raises(ValueError, match="support scan 'x' is not among the cases"):
+        next_support("x", order, [], has.get)
+
+
+def test_supports_by_class_flag_or_next_scan():
+    from fsmis.pipeline import supports_by_class
+
+    split = {"test": ["c1"], "support": "c2", "train": ["c3", "c4"]}
+    classmap = {"liver": {"c1": [0], "c2": [1], "c3": [0]}, "spleen": {"c1": [0], "c4": [2]}}
+    assert supports_by_class(split, classmap, ["liver", "spleen"]) == {"liver": "c2", "spleen": "c2"}
+    assert supports_by_class(split, classmap, ["liver", "spleen"], "next_scan") == {"liver": "c2", "spleen": "c4"}
+    with pytest.raises(ValueError, match="missing_support must be flag or next_scan"):
+        supports_by_class(split, classmap, ["liver"], "skip")

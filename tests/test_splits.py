@@ -4,7 +4,7 @@ import random
 
 import pytest
 
-from fsmis.data.splits import make_folds, natural_key
+from fsmis.data.splits import infeasible, make_folds, natural_key
 
 CHAOS = [1, 2, 3, 5, 8, 10, 13, 15, 19, 20, 21, 22, 31, 32, 33, 34, 36, 37, 38, 39]
 
@@ -50,11 +50,35 @@ def test_deterministic_and_natural_order():
 
 
 def test_errors():
-    with pytest.raises(ValueError, match="5 cases cannot give 5 folds"):
-        make_folds(["a", "b", "c", "d", "e"], 5)
+    with pytest.raises(ValueError, match="4 cases cannot give 5 folds: 5 folds need a test case each"):
+        make_folds(["a", "b", "c", "d"], 5)
     with pytest.raises(ValueError, match="duplicate case ids: \\['b'\\]"):
         make_folds(["a", "b", "b", "c", "d"], 2)
     with pytest.raises(ValueError, match="cannot give 1 folds"):
         make_folds(["a", "b", "c"], 1)
-    with pytest.raises(ValueError, match="leaves no training case"):
+    with pytest.raises(ValueError, match="leave no training case.*n_folds 3 works.*needs at least 4 cases"):
         make_folds(["a", "b", "c"], 2)  # fold 0 tests a, b and takes c as support
+
+
+def test_smallest_feasible_dataset_three_cases_in_three_folds():
+    folds = make_folds(["a", "b", "c"], 3)["folds"]
+    assert [(f["test"], f["support"], f["train"]) for f in folds] == [
+        (["a"], "b", ["c"]), (["b"], "c", ["a"]), (["c"], "a", ["b"])]
+    assert infeasible(3, 3) is None and infeasible(5, 5) is None
+
+
+@pytest.mark.parametrize("n_cases", range(1, 16))
+@pytest.mark.parametrize("n_folds", range(1, 8))
+def test_feasibility_agrees_with_building_the_folds(n_cases, n_folds):
+    """infeasible() is the one check (config and splits step): it admits exactly the
+    (cases, folds) pairs whose every fold keeps a test, a support and a training case,
+    computed here by building the blocks by hand."""
+    if n_folds < 2 or n_cases < n_folds:
+        buildable = False
+    else:
+        sizes = [n_cases // n_folds + (k < n_cases % n_folds) for k in range(n_folds)]
+        buildable = all(n_cases - size - 1 >= 1 for size in sizes)
+    assert (infeasible(n_cases, n_folds) is None) == buildable
+    if buildable:
+        folds = make_folds([f"c{i}" for i in range(n_cases)], n_folds)["folds"]
+        assert all(f["train"] and f["test"] and f["support"] not in f["test"] for f in folds)

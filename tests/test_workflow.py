@@ -153,6 +153,26 @@ def test_invalid_config_is_rejected_with_a_readable_message(
     assert "Traceback" not in output
 
 
+@pytest.mark.parametrize(("n_cases", "n_folds", "message"), [
+    (3, 5, "3 cases cannot give 5 folds: 5 folds need a test case each"),
+    (3, 2, "3 cases cannot give 2 folds: the largest test block plus the support scan leave no training case "
+           "(each fold tests one block, takes the first case of the next block as support and trains on the "
+           "rest); n_folds 3 works with these 3 cases; n_folds 2 needs at least 4 cases"),
+    (2, 2, "no n_folds works with 2 case(s): at least 3 are needed"),
+])
+def test_too_few_cases_for_the_folds_stop_before_any_job(tmp_path, n_cases, n_folds, message):
+    """The one fold-feasibility check runs on the config, and says what would work."""
+    cfg = yaml.safe_load(DEMO_CONFIG.read_text())
+    cfg["dataset"] = {"name": "phantom", "n_cases": n_cases}
+    cfg["n_folds"] = n_folds
+    cfg.pop("folds", None)
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
+    result = run_snakemake(tmp_path, "--dry-run", configfile=tmp_path / "cfg.yaml")
+    output = result.stdout + result.stderr
+    assert result.returncode != 0 and message in output, output
+    assert "Traceback" not in output and not (tmp_path / "results").exists()
+
+
 def test_lint_is_clean(tmp_path):
     result = run_snakemake(tmp_path, "--lint")
     output = result.stdout + result.stderr
@@ -175,7 +195,7 @@ def test_schema_fills_paper_defaults_into_a_minimal_config():
     cfg = validated({"experiment": "paper", "dataset": {"name": "phantom"}})
     assert cfg["seed"] == 1234
     assert cfg["dataset"]["n_cases"] == 10
-    assert cfg["folds"] == [0, 1, 2, 3, 4]
+    assert "folds" not in cfg  # check_config (common.smk) fills every fold of n_folds
     assert cfg["model"] == {
         "backbone": "deeplabv3_resnet101",
         "feature_dim": 256,

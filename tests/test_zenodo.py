@@ -106,23 +106,61 @@ def test_permanent_server_error_fails_clearly(server, tmp_path):
     assert not (tmp_path / "CHAOS_Train_Sets.zip").exists()
 
 
-def test_checksum_mismatch_fails_naming_file_and_both_md5s(server, tmp_path):
+@pytest.fixture
+def sleeps(monkeypatch):
+    """Record the pauses the downloader asks for instead of sleeping them."""
+    slept = []
+    monkeypatch.setattr(zenodo.time, "sleep", slept.append)
+    return slept
+
+
+def test_checksum_mismatch_is_retried_once_then_fails_naming_file_and_both_md5s(server, tmp_path, sleeps):
     server.corrupt("CHAOS_Train_Sets.zip")  # always
+    # default retries and back-off: the md5 rule must not fall back on the transient one
     with pytest.raises(ChecksumError) as info:
-        download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, retries=2, **FAST)
+        download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, timeout_s=5)
     bad = hashlib.md5(bytes([PAYLOAD[0] ^ 0xFF]) + PAYLOAD[1:]).hexdigest()
     message = str(info.value)
     assert "CHAOS_Train_Sets.zip" in message and MD5 in message and bad in message
+    assert "after 2 complete downloads" in message
     assert (info.value.expected, info.value.actual) == (MD5, bad)
-    assert server.count("CHAOS_Train_Sets.zip") == 3
+    # both transfers complete and from zero: one retry, not the transient budget of 5
+    assert server.ranges("CHAOS_Train_Sets.zip") == [None, None]
+    assert all(s.bytes_sent == len(PAYLOAD) for s in server.requests if s.name)
+    assert sleeps == []  # retried at once, no back-off
     assert sorted(os.listdir(tmp_path)) == []  # no final file, no .part, no sidecar
 
 
-def test_checksum_mismatch_once_is_retried_from_zero(server, tmp_path):
+def test_checksum_mismatch_once_is_retried_from_zero(server, tmp_path, sleeps):
     server.corrupt("CHAOS_Train_Sets.zip", times=1)
-    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, **FAST)
+    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, timeout_s=5)
     assert server.ranges("CHAOS_Train_Sets.zip") == [None, None]
     assert path.read_bytes() == PAYLOAD
+    assert zenodo.file_digest(path) == MD5
+    assert (tmp_path / "CHAOS_Train_Sets.zip.md5").read_text().split()[0] == MD5
+    assert sorted(os.listdir(tmp_path)) == ["CHAOS_Train_Sets.zip", "CHAOS_Train_Sets.zip.md5"]
+    assert sleeps == []
+
+
+def test_md5_retry_and_transient_retries_are_separate_budgets(server, tmp_path, sleeps):
+    # The first transfer breaks after a corrupt prefix and is resumed (the one transient
+    # retry allowed); the resumed file fails its md5, so the fresh download from zero
+    # (the md5 retry) follows, which has its own transient budget and no pause.
+    server.corrupt("CHAOS_Train_Sets.zip", times=1)
+    server.truncate_next("CHAOS_Train_Sets.zip", after_bytes=100_000)
+    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base,
+                    retries=1, backoff_s=0.5, timeout_s=5)
+    assert server.ranges("CHAOS_Train_Sets.zip") == [None, "bytes=100000-", None]
+    assert path.read_bytes() == PAYLOAD
+    assert sleeps == [0.5]  # the transient retry's back-off only
+
+
+def test_transient_retries_are_unchanged(server, tmp_path, sleeps):
+    server.fail_next("CHAOS_Train_Sets.zip", n=100, status=503)
+    with pytest.raises(ZenodoError, match=r"failed after 6 attempts.*HTTP 503"):
+        download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, timeout_s=5)
+    assert server.count("CHAOS_Train_Sets.zip") == 6
+    assert sleeps == [2.0, 4.0, 8.0, 16.0, 32.0]  # the default back-off, in full
 
 
 def test_missing_file_name_lists_the_record(server, tmp_path):

@@ -131,14 +131,24 @@ class MaskTransferPredictor:
         return np.repeat(state[None], len(zs), axis=0)
 
 
-def evaluate_scans(predictor, support: Scan, queries: list[Scan], classes: dict[str, int],
+SUPPORT_MISSING = "support_missing"
+
+
+def evaluate_scans(predictor, support: Scan | dict, queries: list[Scan], classes: dict[str, int],
                    protocols=("oracle",), n_parts: int = 3, nsd_tolerance_mm: float = 2.0):
     """Segment every query scan for every class under each protocol.
 
-    Returns ``(rows, predictions)``: one metrics row per (protocol, query, class) and
-    ``predictions[protocol][case]``, a label volume of the predictions (later classes
-    overwrite earlier ones where two predictions overlap; metrics use the unmerged
-    masks). Each query slice is encoded once for all classes and protocols.
+    ``support``: the support scan of every class, or ``{class name: Scan}`` when classes
+    take their support from different scans (``evaluate.missing_support: next_scan``).
+    A class absent from its support scan cannot be segmented: its rows are flagged
+    ``support_missing`` (NaN, left out of means) and logged, and the other classes are
+    evaluated as usual.
+
+    Returns ``(rows, predictions)``: one metrics row per (protocol, query, class), with
+    the support case used, and ``predictions[protocol][case]``, a label volume of the
+    predictions (later classes overwrite earlier ones where two predictions overlap;
+    metrics use the unmerged masks). Each query slice is encoded once for all classes
+    and protocols.
 
     Scoring: Dice etc. over the whole 3D scan from the masks (``fsmis.metrics``). Under
     ``oracle`` the prediction is zero outside the class's extent, and so is the
@@ -150,30 +160,42 @@ def evaluate_scans(predictor, support: Scan, queries: list[Scan], classes: dict[
     for protocol in protocols:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    support_plan = {name: support_slices(support.label, cid, n_parts) for name, cid in classes.items()}
-    states = {name: predictor.states(support, classes[name], support_plan[name]) for name in classes}
+    supports = support if isinstance(support, dict) else {name: support for name in classes}
+    states = {}
+    for name, cid in classes.items():
+        scan = supports[name]
+        if extent(scan.label, cid) is None:
+            log.warning("class %s (id %d) is absent from support scan %s: not evaluated (flag %s)",
+                        name, cid, scan.case, SUPPORT_MISSING)
+            continue
+        states[name] = predictor.states(scan, cid, support_slices(scan.label, cid, n_parts))
+    live = {name: cid for name, cid in classes.items() if name in states}
     rows, predictions = [], {protocol: {} for protocol in protocols}
     for q in queries:
         plans = {(protocol, name): query_plan(protocol, q.label, cid, n_parts)
-                 for protocol in protocols for name, cid in classes.items()}
+                 for protocol in protocols for name, cid in live.items()}
         needed = {z for plan in plans.values() if plan for zs in plan.values() for z in zs}
         qfeats = predictor.encode_query(q, needed)
         for protocol in protocols:
             merged = np.zeros(q.label.shape, dtype=np.uint8)
             for name, cid in classes.items():
+                base = {"protocol": protocol, "case": q.case, "class": name, "support": supports[name].case}
+                if name not in live:
+                    rows.append({**base, "flag": SUPPORT_MISSING, "dice": float("nan"), "iou": float("nan"),
+                                 "slices_scored": 0})
+                    continue
                 ref = q.label == cid
                 plan = plans[protocol, name]
                 if plan is None:  # oracle, class absent from this scan: nothing to segment
-                    rows.append({"protocol": protocol, "case": q.case, "class": name, "flag": "empty_reference",
-                                 "dice": float("nan"), "iou": float("nan"), "slices_scored": 0})
+                    rows.append({**base, "flag": "empty_reference", "dice": float("nan"), "iou": float("nan"),
+                                 "slices_scored": 0})
                     continue
                 pred = np.zeros_like(ref)
                 for part, zs in plan.items():
                     pred[zs] = predictor.predict(qfeats, zs, states[name][part], ref.shape[1:])
                 merged[pred] = cid
                 m = M.case_metrics(pred, ref, q.spacing_zyx, nsd_tolerance_mm)
-                rows.append({"protocol": protocol, "case": q.case, "class": name,
-                             "slices_scored": sum(len(zs) for zs in plan.values()), **m})
+                rows.append({**base, "slices_scored": sum(len(zs) for zs in plan.values()), **m})
             predictions[protocol][q.case] = merged
     return rows, predictions
 
@@ -193,5 +215,6 @@ def summarize(rows: list[dict], classes) -> dict:
         vals = [r["dice"] for r in rows if r["class"] == name and not np.isnan(r["dice"])]
         out[name] = float(np.mean(vals)) if vals else float("nan")
     finite = [v for v in out.values() if not np.isnan(v)]
+    missing = sorted({r["class"] for r in rows if r.get("flag") == SUPPORT_MISSING})
     return {"dice": out, "mean_dice": float(np.mean(finite)) if finite else float("nan"),
-            "n_cases": len({r["case"] for r in rows})}
+            "n_cases": len({r["case"] for r in rows}), "support_missing": missing}

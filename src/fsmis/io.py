@@ -16,6 +16,7 @@ from typing import Iterator
 import SimpleITK as sitk
 
 from fsmis.errors import InputError
+from fsmis.nifti_check import check_complete
 
 
 @contextlib.contextmanager
@@ -41,10 +42,19 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
 
 
 def read_image(path: str | os.PathLike) -> sitk.Image:
-    """Read a medical image; a missing or corrupt file raises ``InputError``."""
+    """Read a medical image; a missing, truncated or corrupt file raises ``InputError``.
+
+    NIfTI files are first checked to hold every byte their header promises (the whole
+    gzip stream is inflated and its CRC checked): ITK zero-fills a short read instead of
+    failing, which would turn a truncated download into an image with a black tail.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(path, "file does not exist")
+    try:
+        check_complete(path, thorough=True)
+    except InputError as err:  # same lead-in as an ITK read failure: callers match one phrase
+        raise InputError(path, f"not a readable image: {err.problem}") from None
     try:
         return sitk.ReadImage(str(path))
     except RuntimeError as err:  # SimpleITK reports corrupt files as RuntimeError

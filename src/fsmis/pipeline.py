@@ -51,6 +51,7 @@ def _set_threads(threads: int) -> None:
 def data_paths(data_dir: str | Path, case: str) -> dict:
     d = Path(data_dir)
     return {
+        "canonical_image": d / "canonical" / f"{case}_image.nii.gz",
         "image": d / "preprocessed" / f"{case}_image.nii.gz",
         "label": d / "preprocessed" / f"{case}_label.nii.gz",
         "superpixels": d / "superpixels" / f"{case}.nii.gz",
@@ -114,23 +115,27 @@ def unpack(archive: str, out_dir: str, tracking: dict) -> None:
         log.info("%s: %d files -> %s", archive, len(files), out_dir)
 
 
-def inventory(dataset: dict, raw_dir: str, cases: list[str], out: str, tracking: dict) -> None:
+def inventory(dataset: dict, raw_dir: str, cases: list[str], out: str, tracking: dict, n_folds: int = 2) -> None:
     """Which requested cases are usable, for datasets where that is only known after
     unpacking (``fsmis.data.adapters.inventory``): ``out`` lists every requested case
     with ``usable`` 1/0 and the reason a case is skipped; skipped cases are named in
-    the log. Stops when fewer than two cases remain (no support/query split)."""
+    the log. Stops when the usable cases cannot fill ``n_folds`` folds
+    (``fsmis.data.splits.infeasible``), before any per-case job runs."""
     import pandas as pd
 
     from fsmis.data import adapters
+    from fsmis.data.splits import infeasible
     from fsmis.errors import InputError
 
     with _job("inventory", tracking, {"dataset": dataset}) as run:
         verdict = adapters.inventory(dataset, raw_dir, cases)
         skipped = {c: r for c, r in verdict.items() if r}
         usable = len(verdict) - len(skipped)
-        if usable < 2:
-            raise InputError(raw_dir, f"only {usable} of the {len(verdict)} requested cases are "
-                                      f"usable (skipped: {list(skipped)[:10]}); choose others with dataset.cases")
+        problem = infeasible(usable, int(n_folds))
+        if problem:
+            raise InputError(raw_dir, f"only {usable} of the {len(verdict)} requested cases are usable "
+                                      f"(skipped: {list(skipped)[:10]}): {problem}; choose others with "
+                                      f"dataset.cases")
         io.write_tsv(pd.DataFrame({"case": list(verdict), "usable": [int(r is None) for r in verdict.values()],
                                    "reason": [r or "" for r in verdict.values()]}), out)
         run.log_metrics({"requested": len(verdict), "usable": usable, "skipped": len(skipped)})
@@ -162,7 +167,9 @@ def canonical(dataset: dict, raw_dir: str, out_dir: str, cases: list[str], cases
                          for c in cases]
             else:
                 pairs = adapters.get(dataset["name"]).pairs(dataset, raw_dir, work, cases)
-            table = C.build(pairs, out_dir, facts["label_map"], facts["modality"])
+            claims = adapters.modality_claims(dataset, cases)
+            table = C.build(pairs, out_dir, facts["label_map"], {c: m for c, (m, _, _) in claims.items()},
+                            claims={c: where for c, (_, where, own) in claims.items() if not own})
         finally:
             shutil.rmtree(work, ignore_errors=True)
         io.write_tsv(table, cases_tsv)
@@ -294,6 +301,7 @@ def train(method: str, setting: str, fold: int, config: dict, splits_json: str, 
         raise ValueError(f"setting {setting}: no label group {group!r}; groups: {', '.join(groups)}")
     facts = adapters.facts(config["dataset"])
     split = io.read_json(splits_json)["folds"][int(fold)]
+    modality_of = adapters.case_modalities(config["dataset"], split["train"])
     meta = _train_meta(method, setting, int(fold), group, config)
     meta["test_classes"] = groups[group]
     seed = int(config["seed"]) + 1000 * int(fold)
@@ -303,7 +311,11 @@ def train(method: str, setting: str, fold: int, config: dict, splits_json: str, 
               "train": config["train"], "train_cases": split["train"]}
     with _job("train", tracking, params) as run:
         images = [_array(data_paths(data_dir, c)["image"]) for c in split["train"]]
-        stats = normalize.ct_statistics(images) if facts["modality"] == "CT" else None
+        modalities = [modality_of[c] for c in split["train"]]
+        # CT: one global z-score from the fold's CT training scans (the reference's);
+        # MR scans are normalised each by itself
+        ct = [v for v, m in zip(images, modalities) if m == "CT"]
+        stats = normalize.ct_statistics(ct) if ct else None
         meta["norm"] = stats
         meta["modality"] = facts["modality"]
         torch.manual_seed(seed)
@@ -314,7 +326,7 @@ def train(method: str, setting: str, fold: int, config: dict, splits_json: str, 
             run.log_metrics({"steps": 0})
             log.info("untrained baseline: saved the initial weights of %s", meta["architecture"])
             return
-        normed = [normalize.normalize(v, facts["modality"], stats) for v in images]
+        normed = [normalize.normalize(v, m, stats) for v, m in zip(images, modalities)]
         sps = [_array(data_paths(data_dir, c)["superpixels"]) for c in split["train"]]
         dropped = {(vi, z) for vi, case in enumerate(split["train"]) for z in excluded[case]}
         episodes = SuperpixelEpisodes(normed, sps, config["train"]["augment"], seed=seed, excluded=dropped,
@@ -348,12 +360,53 @@ def _load_scan(data_dir, case, modality, stats, need_image=True):
     return Scan(case, image, label, (sz, sy, sx)), lab_img
 
 
+def supports_by_class(split: dict, classmap: dict, names, policy: str = "flag") -> dict[str, str]:
+    """``{class: support case}`` of one fold: the fold's support scan, except under
+    ``evaluate.missing_support: next_scan`` for a class that scan lacks, which takes the
+    next eligible scan (``fsmis.protocols.next_support``; logged). Under ``flag`` a
+    lacking class keeps the fold's support and is flagged by the evaluation."""
+    from fsmis.data.splits import natural_key
+    from fsmis.protocols import next_support
+
+    if policy not in ("flag", "next_scan"):
+        raise ValueError(f"evaluate.missing_support must be flag or next_scan, got {policy!r}")
+    ordered = sorted({*split["train"], split["support"], *split["test"]}, key=natural_key)
+    out = {}
+    for name in names:
+        case, slices = split["support"], classmap.get(name, {})
+        if not slices.get(case) and policy == "next_scan":
+            alt = next_support(case, ordered, split["test"], lambda c: bool(slices.get(c)))
+            if alt is None:
+                log.warning("class %s: absent from support scan %s and from every other non-test scan; "
+                            "flagged support_missing", name, case)
+            else:
+                log.warning("class %s: absent from support scan %s; using %s as its support "
+                            "(evaluate.missing_support: next_scan)", name, case, alt)
+                case = alt
+        out[name] = case
+    return out
+
+
+def write_source_grid(vol: np.ndarray, geometry, case: str, data_dir, cases_table, out_path) -> None:
+    """One prediction put back on the raw file's grid and axis order (nearest neighbour;
+    ``fsmis.data.canonical.to_source_grid``)."""
+    import SimpleITK as sitk
+
+    from fsmis.data import canonical as C
+
+    img = sitk.GetImageFromArray(vol)
+    img.CopyInformation(geometry)
+    canon = io.read_image(data_paths(data_dir, case)["canonical_image"])
+    io.write_image(C.to_source_grid(img, canon, str(cases_table.loc[case, "orientation_source"])), out_path)
+
+
 def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: str, data_dir: str, classmap_json: str,
              models: dict[str, str] | None, pred_dir: str, per_case_out: str, metrics_out: str, threads: int,
-             tracking: dict) -> None:
+             tracking: dict, source_grid: bool = False, cases_tsv: str | None = None) -> None:
     """Evaluate one method on one fold under every configured protocol. ``models`` maps
     each label group of the setting to its model.pt (None for mask_transfer): each
-    class is segmented by the model of its group."""
+    class is segmented by the model of its group. ``source_grid``: also write each
+    prediction on the raw file's grid (needs ``cases_tsv`` and the canonical images)."""
     import pandas as pd
     import SimpleITK as sitk
 
@@ -366,12 +419,14 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
     _set_threads(threads)
     groups = _groups(config, setting)
     names = [n for classes in groups.values() for n in classes]
-    facts = adapters.facts(config["dataset"])
     split = io.read_json(splits_json)["folds"][int(fold)]
     n_parts = int(config["evaluate"]["n_parts"])
     protocols = list(config["evaluate"]["protocols"])
     if models is not None and set(models) != set(groups):
         raise ValueError(f"setting {setting} needs models for groups {list(groups)}, got {list(models)}")
+    support_of = supports_by_class(split, io.read_json(classmap_json), names,
+                                   config["evaluate"].get("missing_support", "flag"))
+    modalities = adapters.case_modalities(config["dataset"], sorted({*support_of.values(), *split["test"]}))
     params = {"method": method, "setting": setting, "fold": fold, "protocols": protocols, "n_parts": n_parts,
               "groups": groups, "support": split["support"], "test_cases": split["test"]}
     with _job("evaluate", tracking, params) as run:
@@ -393,9 +448,8 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
             # the groups' models of one fold share their normalisation: read each scan once
             key = (json.dumps(stats, sort_keys=True), need_image)
             if key not in loaded:
-                loaded[key] = {c: _load_scan(data_dir, c, facts["modality"], stats, need_image)
-                               for c in [split["support"], *split["test"]]}
-            support = loaded[key][split["support"]][0]
+                loaded[key] = {c: _load_scan(data_dir, c, modalities[c], stats, need_image) for c in modalities}
+            support = {name: loaded[key][support_of[name]][0] for name in classes}
             queries = [loaded[key][c][0] for c in split["test"]]
             geometry.update({c: loaded[key][c][1] for c in split["test"]})
             group_rows, preds = E.evaluate_scans(
@@ -407,6 +461,7 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
                     into = merged[protocol].setdefault(case, np.zeros_like(vol))
                     into[vol > 0] = vol[vol > 0]
         Path(pred_dir).mkdir(parents=True, exist_ok=True)
+        cases_table = pd.read_csv(cases_tsv, sep="\t", dtype={"case": str}).set_index("case") if source_grid else None
         for protocol, by_case in merged.items():
             for case, vol in by_case.items():
                 img = sitk.GetImageFromArray(vol)
@@ -414,11 +469,16 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
                 # oracle predictions keep the plain name; other protocols get a suffix
                 suffix = "" if protocol == "oracle" else f"_{protocol}"
                 io.write_image(img, Path(pred_dir) / f"{case}{suffix}.nii.gz")
+                if source_grid:
+                    write_source_grid(vol, geometry[case], case, data_dir, cases_table,
+                                      Path(pred_dir) / "source_grid" / f"{case}{suffix}.nii.gz")
         table = pd.DataFrame(rows)
         io.write_tsv(table, per_case_out)
         summaries = {p: E.summarize([r for r in rows if r["protocol"] == p], names) for p in protocols}
+        missing = sorted({r["class"] for r in rows if r.get("flag") == E.SUPPORT_MISSING})
         result = {"method": method, "setting": setting, "fold": int(fold), "dataset": config["dataset"]["name"],
-                  "support": split["support"], "groups": groups, "protocols": summaries}
+                  "support": split["support"], "support_by_class": support_of, "support_missing": missing,
+                  "groups": groups, "protocols": summaries}
         io.write_json(result, metrics_out)
         logged = {"eval_seconds": time.perf_counter() - t0}
         for p, summary in summaries.items():
@@ -456,11 +516,13 @@ def _qualitative_panels(metrics_paths, config, data_dir, setting=None, protocol=
     facts = adapters.facts(config["dataset"])  # classes in the papers' order
     n_parts = int(config["evaluate"]["n_parts"])
     setting = str(config["settings"][0] if setting is None else setting)
-    by_method = {}
+    by_method, support_of = {}, {}
     for p in metrics_paths:
         m = io.read_json(p)
         if str(m["setting"]) == setting and protocol in m.get("protocols", {}):
             by_method.setdefault(m["method"], {})[int(m["fold"])] = Path(p).parent
+            # each class's support scan (another scan than the fold's under missing_support: next_scan)
+            support_of.setdefault(int(m["fold"]), {}).update(m.get("support_by_class") or {})
     if not by_method:
         return []
     fold = min(min(f) for f in by_method.values())
@@ -469,8 +531,6 @@ def _qualitative_panels(metrics_paths, config, data_dir, setting=None, protocol=
     case = split["test"][0]
     image = read(data_paths(data_dir, case)["image"])
     label = read(data_paths(data_dir, case)["label"])
-    s_image = read(data_paths(data_dir, split["support"])["image"])
-    s_label = read(data_paths(data_dir, split["support"])["label"])
     predicted = {}  # method -> label volume of this case, read once for all classes
     for method, folds in by_method.items():
         if fold in folds:
@@ -486,6 +546,11 @@ def _qualitative_panels(metrics_paths, config, data_dir, setting=None, protocol=
         cid = class_id(name)
         ext = E.extent(label, cid)
         if ext is None:
+            continue
+        support = support_of.get(fold, {}).get(name, split["support"])
+        s_image = read(data_paths(data_dir, support)["image"])
+        s_label = read(data_paths(data_dir, support)["label"])
+        if E.extent(s_label, cid) is None:  # flagged support_missing: nothing was segmented
             continue
         z = (ext[0] + ext[1]) // 2
         sz = E.support_slices(s_label, cid, n_parts)[E.chunk_of(z, ext[0], ext[1], n_parts)]

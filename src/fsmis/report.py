@@ -34,7 +34,8 @@ import pandas as pd
 from fsmis.errors import InputError
 from fsmis.io import atomic_path, read_json
 
-LONG_COLUMNS = ["method", "setting", "protocol", "fold", "dataset", "class", "dice", "n_cases", "source"]
+LONG_COLUMNS = ["method", "setting", "protocol", "fold", "dataset", "class", "dice", "n_cases", "support_missing",
+                "source"]
 PROTOCOL_ORDER = ["oracle", "full"]
 MEAN = "mean"
 DPI = 150
@@ -76,6 +77,8 @@ def _rows_of(path: Path) -> list[dict]:
         if not isinstance(dice, dict) or not dice:
             raise InputError(path, f"protocols.{protocol}.dice must map class names to Dice values")
         n_cases = result.get("n_cases")
+        # classes the fold's support scan lacked: not evaluated (fsmis.evaluate.SUPPORT_MISSING)
+        lacking = set(result.get("support_missing") or [])
         for name, value in dice.items():
             rows.append(
                 {
@@ -87,6 +90,7 @@ def _rows_of(path: Path) -> list[dict]:
                     "class": str(name),
                     "dice": _check_fraction(path, f"protocols.{protocol}.dice.{name}", value),
                     "n_cases": n_cases,
+                    "support_missing": name in lacking,
                     "source": str(path),
                 }
             )
@@ -97,7 +101,7 @@ def collect(metrics_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
     """Long table (one row per file, protocol and class) of every ``metrics.json``.
 
     Columns: method, setting, protocol, fold, dataset, class, dice (fraction), n_cases,
-    source. A malformed file, or two files for the same method/setting/fold, raises
+    support_missing (the fold's support scan lacked the class: not evaluated), source. A malformed file, or two files for the same method/setting/fold, raises
     ``InputError`` naming the file.
     """
     rows: list[dict] = []
@@ -213,8 +217,22 @@ def markdown(view: pd.DataFrame, caption: str | None = None) -> str:
     return f"{caption}\n\n{text}" if caption else text
 
 
-def write_tables(table: pd.DataFrame, out_dir: str | os.PathLike, stem: str, caption: str | None = None) -> list[str]:
-    """``<stem>.csv`` (numeric, percent, flat columns) and ``<stem>.md`` (formatted), atomically."""
+def support_missing_note(long_df: pd.DataFrame) -> str | None:
+    """A table note counting the (method, fold, class) entries whose fold's support scan
+    lacked the class (not evaluated, left out of the means), or None when there are none."""
+    flagged = long_df[long_df["support_missing"].astype(bool)] if "support_missing" in long_df else long_df[:0]
+    if flagged.empty:
+        return None
+    pairs = flagged[["fold", "class"]].drop_duplicates().sort_values(["fold", "class"])
+    listed = "; ".join(f"fold {f}: {c}" for f, c in pairs.itertuples(index=False))
+    return (f"Support scan without the class: {len(pairs)} (fold, class) pair(s) not evaluated and left out of "
+            f"the means ({listed}); flag support_missing in dice_per_case.csv.")
+
+
+def write_tables(table: pd.DataFrame, out_dir: str | os.PathLike, stem: str, caption: str | None = None,
+                 notes: Sequence[str] = ()) -> list[str]:
+    """``<stem>.csv`` (numeric, percent, flat columns) and ``<stem>.md`` (formatted, with
+    ``notes`` below the table), atomically."""
     out_dir = Path(out_dir)
     csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
     with atomic_path(csv_path) as tmp:
@@ -223,7 +241,8 @@ def write_tables(table: pd.DataFrame, out_dir: str | os.PathLike, stem: str, cap
         folds = sorted(set(int(n) for n in table[("n_folds", "")].dropna()))
         caption = f"Dice (%), mean ± standard deviation over folds (folds per method: {', '.join(map(str, folds))})."
     with atomic_path(md_path) as tmp:
-        tmp.write_text(markdown(formatted(table), caption), encoding="utf-8")
+        text = markdown(formatted(table), caption)
+        tmp.write_text(text + "".join(f"\n{note}\n" for note in notes), encoding="utf-8")
     return [str(csv_path), str(md_path)]
 
 
@@ -531,13 +550,15 @@ def build_report(
             written += _missing_slice(out_dir, stem, setting, protocol)
         else:
             table = dice_table(part, class_order, method_order)
-            written += write_tables(table, out_dir, f"dice_{stem}")
+            notes = [n for n in [support_missing_note(part)] if n]
+            written += write_tables(table, out_dir, f"dice_{stem}", notes=notes)
             per_fold = fold_values(part, class_order) * 100.0
             in_slice = cases[(cases["setting"] == setting) & (cases["protocol"] == protocol)]
             summary = stats.summary_table(per_fold, in_slice, class_order, list(table.index), reference)
             written += stats.write_summary(summary, out_dir, f"stats_{stem}", reference)
             paper = paper_tables.paper_table(table, published, dataset, setting, class_order, protocol,
                                              stats.tests_of(summary), reference)
+            paper.notes += notes
             written += paper_tables.write(paper, out_dir, f"paper_{stem}")
             written += bar_figure(part, class_order, method_order, out_dir / f"dice_bars_{stem}.png",
                                   title=f"setting {setting}, {protocol} protocol")

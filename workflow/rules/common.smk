@@ -79,7 +79,8 @@ def check_config(cfg):
     `folds` to integers (the schema accepts both spellings: YAML files give 1, while
     `--config` gives "1")."""
     cfg["settings"] = [str(s) for s in cfg["settings"]]
-    cfg["folds"] = [int(f) for f in cfg["folds"]]
+    # `folds` follows `n_folds` unless the config picks some
+    cfg["folds"] = [int(f) for f in cfg.get("folds") or range(cfg["n_folds"])]
     dataset = cfg["dataset"]
     if isinstance(dataset.get("cases"), str) and dataset["cases"].isdigit():
         dataset["cases"] = int(dataset["cases"])
@@ -104,11 +105,12 @@ def check_config(cfg):
             f"config: methods {unknown} are neither registered ({', '.join(REGISTERED)}) "
             "nor defined under `variants`"
         )
+    # The one fold-feasibility check (the splits step runs the same function), before
+    # any job: a dataset too small for its folds must not fail after the data stages.
     n_cases = len(case_ids(cfg["dataset"]))
-    if n_cases < n_folds:
-        raise WorkflowError(
-            f"config: {n_cases} cases cannot be split into n_folds={n_folds} folds"
-        )
+    problem = fsmis_module("fsmis.data.splits").infeasible(n_cases, n_folds)
+    if problem:
+        raise WorkflowError(f"config: dataset {cfg['dataset']['name']!r}, n_folds={n_folds}: {problem}")
     pretrained = cfg["model"]["pretrained"]
     if pretrained is not None and not pretrained:
         raise WorkflowError(
@@ -143,8 +145,11 @@ DATASET = config["dataset"]["name"]
 # Dataset facts (modality, test classes, label groups, source): fsmis.data.sources,
 # completed from the config for nifti_folder (fsmis.data.adapters.facts).
 ADAPTERS = fsmis_module("fsmis.data.adapters")
+# The key of results/data/{ds}/ (fsmis.data.adapters.dataset_id): the name, or for a
+# dataset under dataset.root also that folder's name and path digest. Raw files stay
+# under resources/{source}/ (the dataset's name: one source per name).
+DATA_ID = ADAPTERS.dataset_id(config["dataset"])
 DATASET_FACTS = ADAPTERS.facts(config["dataset"])
-MODALITY = DATASET_FACTS["modality"]
 # "generated" (phantom), "zenodo" (downloaded), "manual" (registration-only, placed by
 # hand under dataset.root) or "local" (nifti_folder under dataset.root)
 SOURCE_KIND = DATASET_FACTS.get("source", {}).get("kind", "generated")
@@ -164,7 +169,16 @@ RAW_DIR = {
 # The requested cases (from the config alone). Where the usable ones are only known
 # after unpacking (DYNAMIC_CASES), the inventory checkpoint decides: usable_cases().
 CASES = case_ids(config["dataset"])
+# {case: CT|MR}: per case, since a nifti_folder may mix modalities (dataset.modality map
+# or dataset.json training entries; fsmis.data.adapters.case_modalities)
+CASE_MODALITY = ADAPTERS.case_modalities(config["dataset"], CASES)
 DYNAMIC_CASES = SOURCE_KIND == "zenodo" and ADAPTERS.cases_known_after_unpack(config["dataset"])
+# Predictions also written on the raw files' grids (evaluate.source_grid_predictions):
+# "auto" = on for a user's local folder, whose raw images the user will overlay them on.
+SOURCE_GRID = {"auto": SOURCE_KIND == "local"}.get(
+    config["evaluate"].get("source_grid_predictions", "auto"),
+    config["evaluate"].get("source_grid_predictions") is True,
+)
 FOLDS = config["folds"]
 SETTINGS = config["settings"]
 METHODS = config["methods"]
@@ -185,10 +199,11 @@ GROUPS = {
 }
 
 
-# {ds} and {exp} only match the configured dataset and experiment: another value could
+# {ds}, {source} and {exp} only match the configured dataset and experiment: another value could
 # not be produced correctly from this config, so it is better reported as a missing rule.
 wildcard_constraints:
-    ds=re.escape(DATASET),
+    ds=re.escape(DATA_ID),
+    source=re.escape(DATASET),
     exp=re.escape(EXPERIMENT),
     case="[A-Za-z0-9_]+",
     method="[A-Za-z0-9_]+",
@@ -209,13 +224,13 @@ def usable_cases():
     cases) must be seen by the re-planning."""
     if not DYNAMIC_CASES:
         return CASES
-    table = checkpoints.inventory.get(ds=DATASET).output.inventory
+    table = checkpoints.inventory.get(ds=DATA_ID).output.inventory
     return ADAPTERS.usable_cases(table)
 
 
 def per_case(pattern):
     """Input function: `pattern` ({ds}, {case}) for every usable case."""
-    return lambda wildcards: expand(pattern, ds=DATASET, case=usable_cases())
+    return lambda wildcards: expand(pattern, ds=DATA_ID, case=usable_cases())
 
 
 def raw_inputs(wildcards):
@@ -224,7 +239,7 @@ def raw_inputs(wildcards):
     if SOURCE_KIND == "generated":
         return rules.generate_phantom.output
     if SOURCE_KIND == "zenodo":
-        return expand(rules.unpack.output.folder, ds=DATASET, archive=list(UNPACKED))
+        return expand(rules.unpack.output.folder, source=DATASET, archive=list(UNPACKED))
     return []
 
 
@@ -315,7 +330,7 @@ def report_items(pattern, caption, category):
 
 def report_skipped_cases():
     """At the end of a run: name the requested cases the inventory skipped."""
-    table = Path(expand(rules.inventory.output.inventory, ds=DATASET)[0])
+    table = Path(expand(rules.inventory.output.inventory, ds=DATA_ID)[0])
     if not DYNAMIC_CASES or not table.exists():
         return
     skipped = sorted(set(CASES) - set(ADAPTERS.usable_cases(table)))
@@ -338,6 +353,7 @@ def parent_run_tags():
     return {
         "config_hash": CONFIG_HASH,
         "dataset": DATASET,
+        "dataset_id": DATA_ID,
         "experiment": EXPERIMENT,
         "snakemake_command": " ".join(sys.argv),
     }

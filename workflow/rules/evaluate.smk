@@ -6,8 +6,12 @@ rule evaluate:
         models=lambda wc: list(model_for_evaluation(wc).values()),
         images=per_case(rules.preprocess.output.image),
         labels=per_case(rules.preprocess.output.label),
-        classmap=expand(rules.classmap.output.classmap, ds=DATASET),
+        classmap=expand(rules.classmap.output.classmap, ds=DATA_ID),
         splits=rules.splits.output.splits,
+        # for predictions on the raw files' grids: each case's canonical image (its
+        # geometry) and cases.tsv (its source orientation)
+        canonical=per_case(rules.canonical.output.image) if SOURCE_GRID else [],
+        cases=expand(rules.case_table.output.cases, ds=DATA_ID) if SOURCE_GRID else [],
     output:
         per_case="results/{exp}/{method}/setting{setting}/fold{fold}/per_case.tsv",
         metrics="results/{exp}/{method}/setting{setting}/fold{fold}/metrics.json",
@@ -35,5 +39,6 @@ rule evaluate:
         # {group: model.pt}; empty for mask_transfer
         models=model_for_evaluation,
         method_params=method_params,
+        source_grid=SOURCE_GRID,
     script:
         "../scripts/evaluate.py"

@@ -1,4 +1,4 @@
-# Fetch stage: bring a dataset's raw files into resources/{ds}/. The phantom is
+# Fetch stage: bring a dataset's raw files into resources/{source}/ (the dataset's name). The phantom is
 # generated in-process (no network); CHAOS and AbdomenCT-1K are downloaded from Zenodo
 # (verified) and unpacked (no member may escape its folder); Synapse and Card-MRI are
 # placed by hand under dataset.root (checked before any job runs).
@@ -42,9 +42,9 @@ rule fetch_weights:
 # declared: Snakemake leaves it after a failure and the rerun resumes it.
 rule download:
     output:
-        archive="resources/{ds}/downloads/{file}",
+        archive="resources/{source}/downloads/{file}",
     log:
-        "logs/download/{ds}/{file}.log",
+        "logs/download/{source}/{file}.log",
     params:
         record=lambda wildcards: DOWNLOADS[wildcards.file],
     conda:
@@ -55,11 +55,11 @@ rule download:
 
 rule unpack:
     input:
-        archive=lambda wildcards: f"resources/{wildcards.ds}/downloads/{UNPACKED[wildcards.archive]}",
+        archive=lambda wildcards: f"resources/{wildcards.source}/downloads/{UNPACKED[wildcards.archive]}",
     output:
-        folder=directory("resources/{ds}/raw/{archive}"),
+        folder=directory("resources/{source}/raw/{archive}"),
     log:
-        "logs/unpack/{ds}/{archive}.log",
+        "logs/unpack/{source}/{archive}.log",
     conda:
         "../../envs/fsmis.yaml"
     script:

@@ -20,6 +20,8 @@ checkpoint inventory:
         dataset=lookup(dpath="dataset", within=config),
         cases=CASES,
         raw_dir=RAW_DIR,
+        # the usable cases must still fill the folds (fsmis.data.splits.infeasible)
+        n_folds=lookup(dpath="n_folds", within=config),
     script:
         "../scripts/inventory.py"
 
@@ -71,7 +73,7 @@ rule preprocess:
         "../../envs/fsmis.yaml"
     params:
         preprocess=lookup(dpath="preprocess", within=config),
-        modality=MODALITY,
+        modality=lambda wildcards: CASE_MODALITY[wildcards.case],
     script:
         "../scripts/preprocess.py"
 

@@ -24,7 +24,7 @@ rule report:
         splits=expand(rules.splits.output.splits, exp=EXPERIMENT),
         images=per_case(rules.preprocess.output.image),
         labels=per_case(rules.preprocess.output.label),
-        classmap=expand(rules.classmap.output.classmap, ds=DATASET),
+        classmap=expand(rules.classmap.output.classmap, ds=DATA_ID),
         # the papers' numbers the tables compare against (package data)
         published=SRC_DIR / "fsmis" / "published_results.csv",
     output:

@@ -3,7 +3,7 @@
 
 rule splits:
     input:
-        cases=expand(rules.case_table.output.cases, ds=DATASET),
+        cases=expand(rules.case_table.output.cases, ds=DATA_ID),
     output:
         splits="results/{exp}/splits.json",
     log:

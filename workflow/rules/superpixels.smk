@@ -15,6 +15,6 @@ rule superpixels:
     threads: 2
     params:
         superpixels=lookup(dpath="superpixels", within=config),
-        modality=MODALITY,
+        modality=lambda wildcards: CASE_MODALITY[wildcards.case],
     script:
         "../scripts/superpixels.py"

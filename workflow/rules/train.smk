@@ -10,7 +10,7 @@ rule train:
         images=per_case(rules.preprocess.output.image),
         labels=per_case(rules.preprocess.output.label),
         superpixels=per_case(rules.superpixels.output.superpixels),
-        classmap=expand(rules.classmap.output.classmap, ds=DATASET),
+        classmap=expand(rules.classmap.output.classmap, ds=DATA_ID),
         splits=rules.splits.output.splits,
         pretrained=pretrained_weights,
     output:

@@ -21,4 +21,6 @@ pipeline.evaluate(
     metrics_out=one(snakemake.output.metrics),
     threads=snakemake.threads,
     tracking=tracking,
+    source_grid=bool(snakemake.params.source_grid),
+    cases_tsv=one(snakemake.input.cases) if snakemake.params.source_grid else None,
 )

@@ -10,6 +10,7 @@ pipeline.inventory(
     dataset=dict(snakemake.params.dataset),
     raw_dir=str(snakemake.params.raw_dir),
     cases=strs(snakemake.params.cases),
+    n_folds=int(snakemake.params.n_folds),
     out=one(snakemake.output.inventory),
     tracking=tracking,
 )

@@ -12,6 +12,10 @@ Guarantees of ``extract``:
 * An existing file in ``dest_dir`` is never overwritten: if its bytes equal the
   member's (compared byte by byte) it is kept; otherwise extraction stops, before any
   file is moved, with an error naming both.
+* Unpacked .nii / .nii.gz members (other than macOS ``._`` / ``__MACOSX`` metadata)
+  must hold every byte their header promises (see ``fsmis.nifti_check``), since ITK would
+  read a truncated one with zeros for the rest; otherwise extraction stops, before any
+  file is moved, naming archive and member.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fsmis.errors import InputError
+from fsmis.nifti_check import check_complete, is_macos_metadata, is_nifti_name
 
 _DRIVE = re.compile(r"^[A-Za-z]:")
 
@@ -131,6 +136,17 @@ def _unpack_7z(archive: Path, szf, chosen: list[_Member], tmp: Path) -> None:
         raise InputError(archive, f"members not extracted where expected: {missing[:5]}")
 
 
+def _check_nifti(archive: Path, chosen: list[_Member], tmp: Path) -> None:
+    """Refuse a truncated NIfTI member: the archive's CRC only covers the bytes it was given."""
+    for m in chosen:
+        if m.is_dir or not is_nifti_name(m.name) or is_macos_metadata(m.rel):  # zips made on macOS
+            continue
+        try:
+            check_complete(tmp / m.rel, thorough=True)
+        except InputError as err:  # name the member, not the temporary copy about to vanish
+            raise InputError(archive, f"member {m.name!r}: {err.problem}") from None
+
+
 def _move_into(archive: Path, chosen: list[_Member], tmp: Path, dest: Path) -> None:
     """Move extracted files from ``tmp`` into the existing ``dest``; all checks come first."""
     real_dest = dest.resolve()
@@ -197,6 +213,7 @@ def extract(archive, dest_dir, members=None) -> list[Path]:
         tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.extracting-", dir=dest.parent))
         try:
             unpack(archive, handle, chosen, tmp)
+            _check_nifti(archive, chosen, tmp)
             if not dest.exists():
                 os.rename(tmp, dest)  # atomic: dest appears complete or not at all
             else:

@@ -31,7 +31,8 @@ def normalize(volume: np.ndarray, modality: str, stats: dict | None) -> np.ndarr
     volume = np.asarray(volume, dtype=np.float32)
     if modality == "CT":
         if stats is None:
-            raise ValueError("CT normalisation needs the training statistics")
+            raise ValueError("CT normalisation needs the training statistics (the model was trained on no CT "
+                             "scan: a folder mixing CT and MR needs a CT scan in every fold's training cases)")
         return (volume - stats["mean"]) / stats["std"]
     if modality == "MR":
         return (volume - volume.mean()) / max(float(volume.std()), 1e-6)

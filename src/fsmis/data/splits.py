@@ -4,6 +4,12 @@ Cases in natural order are cut into ``n_folds`` contiguous, near-equal blocks (t
 reference's ``_SEP = [0, 4, 8, ...]``). Fold k tests block k; its support scan is the
 first case of block k+1, wrapping to the very first case for the last fold (the
 reference's ``CircularList``); every other case trains.
+
+Feasibility (:func:`infeasible`): every block must hold a case, and the largest block
+plus the support scan must leave at least one training case, i.e.
+``n - ceil(n / n_folds) >= 2``. The smallest feasible dataset is 3 cases in 3 folds
+(one test, one support, one training case per fold). Standard library only: the
+workflow checks a config with it before any job runs.
 """
 
 from __future__ import annotations
@@ -18,6 +24,34 @@ def natural_key(case: str) -> list:
     return [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", str(case)))]
 
 
+def _feasible(n_cases: int, n_folds: int) -> bool:
+    largest_block = -(-n_cases // n_folds)
+    return n_folds >= 2 and n_cases >= n_folds and n_cases - largest_block >= 2
+
+
+def infeasible(n_cases: int, n_folds: int) -> str | None:
+    """None when ``n_cases`` cases can be split into ``n_folds`` folds, else a message
+    saying why and what would work (which ``n_folds`` for these cases, how many cases
+    for this ``n_folds``)."""
+    if _feasible(n_cases, n_folds):
+        return None
+    why = ("n_folds must be at least 2" if n_folds < 2 else
+           f"{n_folds} folds need a test case each" if n_cases < n_folds else
+           "the largest test block plus the support scan leave no training case")
+    options = [k for k in range(2, n_cases + 1) if _feasible(n_cases, k)]
+    fix = []
+    if options:
+        span = f"{options[0]}" if len(options) == 1 else f"{options[0]} to {options[-1]}"
+        fix.append(f"n_folds {span} works with these {n_cases} cases")
+    else:
+        fix.append(f"no n_folds works with {n_cases} case(s): at least 3 are needed")
+    if n_folds >= 2:
+        need = next(n for n in range(n_folds, 4 * n_folds + 4) if _feasible(n, n_folds))
+        fix.append(f"n_folds {n_folds} needs at least {need} cases")
+    return (f"{n_cases} cases cannot give {n_folds} folds: {why} (each fold tests one block, takes the "
+            f"first case of the next block as support and trains on the rest); {'; '.join(fix)}")
+
+
 def make_folds(cases, n_folds: int) -> dict:
     """``{"n_folds": n, "folds": [{"fold", "test", "support", "train"}, ...]}``."""
     ordered = sorted((str(c) for c in cases), key=natural_key)
@@ -25,9 +59,9 @@ def make_folds(cases, n_folds: int) -> dict:
     if dupes:
         raise ValueError(f"duplicate case ids: {dupes}")
     n = len(ordered)
-    if n_folds < 2 or n < n_folds + 1:
-        raise ValueError(f"{n} cases cannot give {n_folds} folds: need n_folds >= 2 and at least "
-                         f"n_folds + 1 cases (each fold's test block plus a support scan from the next)")
+    problem = infeasible(n, n_folds)
+    if problem:
+        raise ValueError(problem)
     # remainders go to the first blocks: sizes differ by at most one
     sep = [k * (n // n_folds) + min(k, n % n_folds) for k in range(n_folds + 1)]
     folds = []
@@ -35,7 +69,6 @@ def make_folds(cases, n_folds: int) -> dict:
         test = ordered[sep[k]:sep[k + 1]]
         support = ordered[sep[k + 1] % n]  # last fold: sep[n_folds] == n wraps to case 0
         train = [c for c in ordered if c != support and c not in test]
-        if not train:
-            raise ValueError(f"fold {k} of {n} cases in {n_folds} folds leaves no training case")
+        assert train, "infeasible() admitted a fold without training cases"
         folds.append({"fold": k, "test": test, "support": support, "train": train})
     return {"n_folds": n_folds, "folds": folds}

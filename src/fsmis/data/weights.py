@@ -204,7 +204,7 @@ def fetch(
     except DigestMismatch as err:
         raise WeightsChecksumError(
             final, _expected(entry), err.actual,
-            f" after {retries + 1} attempts (from {url}); deleted the partial file",
+            f" after {err.attempts} complete downloads (from {url}); deleted the partial file",
         ) from None
     try:
         check_state_dict(part, report_as=final)

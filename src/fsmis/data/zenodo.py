@@ -7,6 +7,11 @@ request after an interruption), verified, renamed to ``<name>``, and then a side
 ``<name>.md5`` (``md5sum`` format) is written: a rerun that finds the file, the sidecar
 and the same md5 in the record downloads nothing.
 
+Two separate retry rules apply (see :func:`fetch_url`): transient failures (network,
+timeouts, 408/429/5xx, short reads) are retried ``retries`` times with exponential
+back-off; a wrong md5 after a complete transfer is retried once, at once, by one fresh
+download from zero, and then fails with both digests.
+
 ``api_base`` defaults to ``$FSMIS_ZENODO_API`` or https://zenodo.org/api, so tests and
 mirrors can point elsewhere without touching the (science-only) config.
 
@@ -38,6 +43,10 @@ from pathlib import Path
 from fsmis.errors import InputError
 
 DEFAULT_API = "https://zenodo.org/api"
+# Fresh downloads after a complete transfer with the wrong digest. One is enough to tell
+# a one-off corruption (or a stale .part resumed from) from bytes that are wrong at the
+# source (a changed file, a wrong checksum in the record); more only repeat the latter.
+DIGEST_RETRIES = 1
 API_ENV = "FSMIS_ZENODO_API"
 CHUNK = 1 << 20
 MAX_BACKOFF_S = 120.0
@@ -78,23 +87,24 @@ class _Transient(Exception):
         self.retry_after = retry_after
 
 
-class DigestMismatch(_Transient):
+class DigestMismatch(DownloadError):
     """The transfer completed but the bytes are wrong; the .part was deleted.
 
-    Raised by :func:`fetch_url` once the retries are spent; ``actual`` is the digest
-    of the bytes received (or a note on their size when the size was wrong).
+    Not a _Transient: waiting does not make wrong bytes right, so :func:`fetch_url`
+    handles it with its own rule (one fresh download, no back-off) rather than with the
+    transient retries. Raised once that rule is spent; ``actual`` is the digest of the
+    bytes received (or a note on their size when the size was wrong) and ``attempts``
+    the number of complete downloads that were checked (1 + ``digest_retries``).
     """
 
-    def __init__(self, actual: str, message: str):
+    def __init__(self, actual: str, message: str, attempts: int = 1):
         super().__init__(message)
         self.actual = actual
+        self.attempts = attempts
 
     @property
     def actual_md5(self) -> str:  # the name zenodo's callers used
         return self.actual
-
-
-_Corrupt = DigestMismatch
 
 
 def api_base_url(api_base: str | None = None) -> str:
@@ -122,17 +132,15 @@ def _with_retries(
 ):
     """Call ``attempt_fn()`` until it succeeds; sleep exponentially between transient failures.
 
-    Returns its result. After ``retries`` retries a _Corrupt is re-raised (the caller
-    names the checksums) and any other _Transient becomes an ``error`` (ZenodoError by
-    default); other exceptions (a 404 ZenodoError, ...) propagate at once.
+    Returns its result. After ``retries`` retries a _Transient becomes an ``error``
+    (ZenodoError by default); other exceptions (a 404 ZenodoError, a DigestMismatch,
+    ...) propagate at once.
     """
     for attempt in range(retries + 1):
         try:
             return attempt_fn()
         except _Transient as err:
             if attempt == retries:
-                if isinstance(err, _Corrupt):
-                    raise
                 raise error(f"{what}: failed after {retries + 1} attempts; last error: {err}") from None
             delay = min(backoff_s * 2**attempt, MAX_BACKOFF_S)
             if err.retry_after is not None:  # the server asked for a pause (429)
@@ -346,22 +354,40 @@ def fetch_url(
     progress_s: float = 5.0,
     log: logging.Logger | None = None,
     error=ZenodoError,
+    digest_retries: int = DIGEST_RETRIES,
 ) -> str:
     """Download ``url`` into the file ``part`` (resuming what is there); return its digest.
 
     The bytes are hashed with ``hash_name`` while they arrive; ``accept(hexdigest)``
     decides whether they are right (``expected`` describes the wanted digest in
-    messages). Wrong bytes are deleted and fetched again from zero; transient failures
-    (network, timeouts, 408/429/5xx, short reads) are retried after an exponential
-    pause, resuming with an HTTP Range request. ``size`` is the expected size in bytes,
-    or None to take it from the response. After ``retries`` retries a wrong digest
-    raises :class:`DigestMismatch` (nothing left on disk) and any other failure
-    ``error``; a permanent HTTP error (404, ...) raises ``error`` at once.
-    The caller moves ``part`` to its final name.
+    messages). ``size`` is the expected size in bytes, or None to take it from the
+    response. The caller moves ``part`` to its final name. Failures fall under two
+    separate rules:
+
+    * Transient failures (network errors, timeouts, HTTP 408/429/5xx, a short read:
+      fewer bytes than the expected size) are retried up to ``retries`` times, after
+      ``backoff_s * 2**k`` seconds (k = 0, 1, ...; at most MAX_BACKOFF_S, longer if a
+      429 sends Retry-After), resuming from the bytes kept with an HTTP Range request.
+      When they are spent, ``error`` is raised (the .part is kept for a later run).
+    * A wrong digest after a complete transfer (every expected byte arrived; or more
+      bytes than expected) deletes the .part and starts a fresh download from zero at
+      once, without a pause, up to ``digest_retries`` times (default 1). If the last
+      one is wrong too, :class:`DigestMismatch` is raised with the
+      digest received and ``attempts`` = complete downloads checked; nothing is left
+      on disk. The first download may have resumed an earlier run's .part; the fresh
+      one never does, so a stale prefix cannot fail it.
+
+    Each download (the first and each fresh one) has the full transient budget of its
+    own: a digest retry uses none of ``retries`` and restarts the back-off at
+    ``backoff_s``, and transient retries never use a digest retry. So with the defaults
+    a file whose bytes stay wrong is transferred twice (plus any resumptions after
+    transient failures), and one that stays unreachable fails after 1 + ``retries``
+    requests. A permanent HTTP error (404, ...) raises ``error`` at once.
     """
     log = log or _log
     part = Path(part)
     name = name or part.name
+    what = f"{name} ({url})"
 
     def attempt():
         digest, total = _transfer(url, name, part, size, timeout_s, progress_s, log, hash_name, error)
@@ -374,7 +400,19 @@ def fetch_url(
             )
         return digest
 
-    return _with_retries(f"{name} ({url})", attempt, retries, backoff_s, log, error)
+    for download_no in range(1, max(digest_retries, 0) + 2):
+        try:
+            # _with_retries lets DigestMismatch through at once (it is no _Transient), so
+            # each pass is one download with the whole transient budget
+            return _with_retries(what, attempt, retries, backoff_s, log, error)
+        except DigestMismatch as err:
+            if download_no > digest_retries:
+                err.attempts = download_no
+                raise
+            log.warning(
+                "%s: %s; downloading it again from zero (digest retry %d/%d)",
+                what, err, download_no, digest_retries,
+            )
 
 
 def _write_sidecar(sidecar: Path, md5: str, name: str) -> None:
@@ -399,7 +437,14 @@ def download_file(
     progress_s: float = 5.0,
     log: logging.Logger | None = None,
 ) -> Path:
-    """Download ``remote`` into ``dest_dir`` (see the module docstring); return its path."""
+    """Download ``remote`` into ``dest_dir`` (see the module docstring); return its path.
+
+    Retries as :func:`fetch_url` describes: ``retries`` transient retries with back-off
+    per download, and one fresh download when the md5 is wrong. Raises
+    :class:`ChecksumError` (naming the file, the record's md5 and the md5 received;
+    nothing left on disk) if the fresh download's md5 is wrong too, and
+    :class:`ZenodoError` when the transfer fails.
+    """
     log = log or _log
     if remote.name in ("", ".", "..") or "/" in remote.name or "\\" in remote.name:
         raise ZenodoError(f"refusing file name {remote.name!r}: it would not stay inside {dest_dir}")
@@ -433,7 +478,7 @@ def download_file(
         )
     except DigestMismatch as err:
         raise ChecksumError(
-            final, remote.md5, err.actual, f" after {retries + 1} attempts (from {remote.url})"
+            final, remote.md5, err.actual, f" after {err.attempts} complete downloads (from {remote.url})"
         ) from None
 
     os.replace(part, final)

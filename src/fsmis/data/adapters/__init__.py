@@ -8,7 +8,9 @@ pairs and maps the raw label values to canonical ids. Every adapter module expos
 * ``check_source(dataset_cfg, root) -> None``: raises when the raw data are not where
   they should be (``ManualDataMissing`` for registration-only datasets).
 * ``pairs(dataset_cfg, raw_dir, work_dir, cases) -> [(case, image_path, label_path)]``:
-  NIfTI paths; converted or filtered volumes are written to ``work_dir`` atomically.
+  NIfTI paths; converted or filtered volumes are written to ``work_dir`` atomically
+  (``work_dir`` is deleted after the canonical step: such a pair adds the raw sources
+  as fourth and fifth elements, which ``cases.tsv`` records instead).
 
 Optionally, where which requested cases are usable is only known after unpacking
 (AbdomenCT-1K's full release has images without a mask):
@@ -19,6 +21,13 @@ Optionally, where which requested cases are usable is only known after unpacking
 the workflow then runs its ``inventory`` checkpoint and builds everything after the
 canonical step from the kept cases (:func:`cases_known_after_unpack`, :func:`inventory`
 below give every adapter these two, with "all requested cases are usable" as default).
+
+Where cases of one dataset may differ in modality (nifti_folder):
+
+* ``modality_claims(dataset_cfg, cases) -> {case: (modality, where read, per case)}``;
+
+:func:`case_modalities` and :func:`modality_claims` below give every other adapter
+the dataset's one modality, claimed folder-wide by the adapter's facts.
 
 Downloaded archives are expected unpacked one folder per archive, ``unpack_dir``:
 ``raw_dir/CHAOS_Train_Sets/...``, ``raw_dir/Subtask1/...``, ``raw_dir/Mask/...``. The
@@ -31,8 +40,10 @@ Snakefile imports these modules at parse time and dry-runs must stay fast.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import os
+import re
 from pathlib import Path
 
 from fsmis.data import sources
@@ -74,6 +85,36 @@ def get(name: str):
     except KeyError:
         raise ValueError(f"no adapter for dataset {name!r}; adapters exist for: {', '.join(_MODULES)}") from None
     return importlib.import_module(f"{__name__}.{module}")
+
+
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
+
+
+def dataset_id(dataset_cfg: dict) -> str:
+    """The key of the dataset's data folder, ``results/data/<id>/``.
+
+    ``dataset.id`` when the config sets one; otherwise the name, plus the adapter's
+    ``source_tag`` (e.g. AbdomenCT-1K's full release) and, for a dataset read from
+    ``dataset.root``, the folder's name and a digest of its absolute path: experiments
+    on different folders never share (and so never reprocess) each other's files, and
+    two configs naming the same folder share its processed data.
+    """
+    given = dataset_cfg.get("id")
+    if given is not None:
+        if not _ID_PATTERN.fullmatch(str(given)):
+            raise ValueError(f"dataset.id {given!r}: use letters, digits, '_', '.', '-' (a folder name)")
+        return str(given)
+    name = dataset_cfg["name"]
+    parts = [name]
+    tag = _optional(dataset_cfg, "source_tag")
+    if tag and tag(dataset_cfg):
+        parts.append(tag(dataset_cfg))
+    if dataset_cfg.get("root"):
+        root = Path(os.path.abspath(os.path.expanduser(str(dataset_cfg["root"]))))
+        slug = re.sub(r"[^A-Za-z0-9]+", "_", root.name).strip("_")[:40]
+        digest = hashlib.sha256(str(root).encode("utf-8")).hexdigest()[:8]
+        parts += [p for p in (slug, digest) if p]
+    return "_".join(parts)
 
 
 def unpack_dir(raw_dir, archive_name: str) -> Path:
@@ -133,6 +174,20 @@ def facts(dataset_cfg: dict) -> dict:
         if out.get(key) is None:
             out[key] = getattr(module, key)(dataset_cfg)
     return out
+
+
+def modality_claims(dataset_cfg: dict, cases) -> dict[str, tuple[str, str, bool]]:
+    """``{case: (CT|MR, where that was read, whether it was stated for this case alone)}``."""
+    fn = _optional(dataset_cfg, "modality_claims")
+    if fn:
+        return fn(dataset_cfg, list(cases))
+    value = facts(dataset_cfg)["modality"]
+    return {case: (value, f"dataset {dataset_cfg['name']}", False) for case in cases}
+
+
+def case_modalities(dataset_cfg: dict, cases) -> dict[str, str]:
+    """``{case: "CT" | "MR"}``: what preprocessing, superpixels and normalisation use."""
+    return {case: claim[0] for case, claim in modality_claims(dataset_cfg, cases).items()}
 
 
 def select_cases(all_ids: list[str], dataset_cfg: dict, id_of=None) -> list[str]:

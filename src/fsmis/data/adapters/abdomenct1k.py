@@ -69,6 +69,11 @@ def _number(case: str) -> int:
     return int(m.group(1))
 
 
+def source_tag(dataset_cfg: dict) -> str | None:
+    """The full release is another source than the benchmark record: its own data folder."""
+    return "full" if _form(dataset_cfg) == "full" else None
+
+
 def case_ids(dataset_cfg: dict) -> list[str]:
     id_of = _id_of(dataset_cfg)
     n = FULL_CASES if _form(dataset_cfg) == "full" else BENCHMARK_CASES
@@ -144,7 +149,7 @@ def check_source(dataset_cfg: dict, root) -> None:
         raise InputError(root, f"{len(missing)} requested case(s) have no image after unpacking: {missing[:10]}")
 
 
-def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, str, str]]:
+def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, ...]]:
     images, masks, mask_where = _index_with_images(dataset_cfg, raw_dir, cases)
     maskless = [c for c in cases if _number(c) not in masks]
     if maskless:

@@ -75,19 +75,21 @@ def check_source(dataset_cfg: dict, root) -> None:
         log.warning("CHAOS MR folders not among the 20 known training subjects (ignored): %s", extra)
 
 
-def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, str, str]]:
+def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, ...]]:
     from fsmis.io import write_image
 
     mr, out = _mr_dir(raw_dir), Path(work_dir)
     result = []
     for case in cases:
-        image, label = convert_t2spir(mr / str(_pid(case)) / "T2SPIR")
+        t2 = mr / str(_pid(case)) / "T2SPIR"
+        image, label = convert_t2spir(t2)
         img_path, lab_path = out / f"{case}_image.nii.gz", out / f"{case}_label.nii.gz"
         write_image(image, img_path)
         write_image(label, lab_path)
         log.info("%s: T2-SPIR %s voxels, spacing %s", case, image.GetSize(),
                  tuple(round(s, 3) for s in image.GetSpacing()))
-        result.append((case, str(img_path), str(lab_path)))
+        # cases.tsv names the DICOM series and PNG masks, not the work copies
+        result.append((case, str(img_path), str(lab_path), str(t2 / "DICOM_anon"), str(t2 / "Ground")))
     return result
 
 

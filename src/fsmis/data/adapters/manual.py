@@ -89,19 +89,26 @@ def _locate(cfg: dict, root, cases) -> dict[str, tuple[Path, Path]]:
 
 
 def check_source(dataset_cfg: dict, root) -> None:
-    """Fast (file names only): the Snakefile can call it before anything runs."""
-    _locate(dataset_cfg, root, case_ids(dataset_cfg))
+    """Fast (file names, and each NIfTI's gzip trailer against its header): the
+    Snakefile calls it before anything runs, so a half-copied folder stops the run at
+    once, naming the truncated files."""
+    from fsmis.nifti_check import check_files
+
+    found = _locate(dataset_cfg, root, case_ids(dataset_cfg))
+    check_files([p for pair in found.values() for p in pair], thorough=False)
 
 
-def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, str, str]]:
+def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, ...]]:
     _, spec = _spec(dataset_cfg)
     found = _locate(dataset_cfg, raw_dir, list(cases))
     out = []
     for case in cases:
         image, label = found[case]
+        used = label
         if spec["background"]:
-            label = zero_values(label, spec["background"], Path(work_dir) / f"{case}_label.nii.gz")
-        out.append((case, str(image), str(label)))
+            used = zero_values(label, spec["background"], Path(work_dir) / f"{case}_label.nii.gz")
+        # cases.tsv names the raw files, not the work copy that is deleted afterwards
+        out.append((case, str(image), str(used), str(image), str(label)))
     return out
 
 

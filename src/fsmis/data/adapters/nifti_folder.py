@@ -12,7 +12,9 @@ collide after that are an error.
 Config (``dataset.``): ``label_map`` (required) maps raw values or ``dataset.json``
 label names to canonical names, several may map to one (``{liver: liver, cancer:
 liver}``); ``ignore_labels`` (values or names) are set to background in a copy in
-``work_dir``; ``modality`` ("CT"/"MR", default from ``dataset.json``); ``classes`` and
+``work_dir``; ``modality``: "CT"/"MR" for every case, or ``{case: CT|MR}`` for a folder
+that mixes them (default from ``dataset.json``: a ``"modality"`` key in a case's
+training entry, else the first channel name; see :func:`modality_claims`); ``classes`` and
 ``label_groups`` (default: every mapped class, one group).
 """
 
@@ -120,20 +122,66 @@ def label_map(dataset_cfg: dict) -> dict[int, str]:
     return out
 
 
-def modality(dataset_cfg: dict) -> str:
+def _kind(channel) -> str | None:
+    """CT or MR from a dataset.json channel/modality name (None when it says neither)."""
+    name = str(channel).upper().replace("-", "")
+    return "CT" if name == "CT" else "MR" if name in _MR_NAMES else None
+
+
+def _checked(value, where: str) -> str:
+    if value not in ("CT", "MR"):
+        raise ValueError(f"{where} must be CT or MR, got {value!r}")
+    return value
+
+
+def modality_claims(dataset_cfg: dict, cases) -> dict[str, tuple[str, str, bool]]:
+    """``{case: (modality, where it was read, stated for this case alone)}``.
+
+    First match wins: ``dataset.modality`` as a map ``{case: CT|MR}`` (per case), a
+    ``"modality"`` key in the case's ``dataset.json`` training entry (per case),
+    ``dataset.modality`` as one value (folder-wide), the first of ``dataset.json``'s
+    ``channel_names`` / ``modality`` (folder-wide). A folder-wide claim is checked
+    against each case's intensities at canonical conversion
+    (``fsmis.data.canonical.intensity_modality``), so a folder that mixes CT and MR
+    without saying so per case is refused there instead of being windowed wrongly.
+    """
+    cases = list(cases)
     given = dataset_cfg.get("modality")
-    if given:
-        if given not in ("CT", "MR"):
-            raise ValueError(f"dataset.modality must be CT or MR, got {given!r}")
-        return given
+    per_case_cfg = given if isinstance(given, dict) else {}
+    unknown = sorted(set(map(str, per_case_cfg)) - set(case_ids({**dataset_cfg, "cases": None, "exclude": None})))
+    if unknown:
+        raise ValueError(f"dataset.modality names unknown cases {unknown}; case ids look like {cases[:3]}")
     meta = _meta(_root(dataset_cfg))
+    ids = {re.sub(r"[^A-Za-z0-9_]", "_", Path(e["label"]).name[: -len(_ending(meta))]): e
+           for e in meta.get("training") or [] if isinstance(e, dict) and "label" in e}
     channels = list((meta.get("channel_names") or meta.get("modality") or {}).values())
-    kinds = {"CT" if str(c).upper() == "CT" else "MR" if str(c).upper().replace("-", "") in _MR_NAMES else "?"
-             for c in channels[:1]}
-    if kinds not in ({"CT"}, {"MR"}):
-        raise ValueError(f"dataset nifti_folder: cannot tell CT from MR by dataset.json channels {channels}; "
-                         f"set dataset.modality")
-    return kinds.pop()
+    folder_wide = None
+    if isinstance(given, str):
+        folder_wide = (_checked(given, "dataset.modality"), "dataset.modality")
+    elif channels and _kind(channels[0]):
+        folder_wide = (_kind(channels[0]), f"dataset.json channel {channels[0]!r}")
+    out = {}
+    for case in cases:
+        if str(case) in map(str, per_case_cfg):
+            value = {str(k): v for k, v in per_case_cfg.items()}[str(case)]
+            out[case] = (_checked(value, f"dataset.modality[{case}]"), f"dataset.modality[{case}]", True)
+        elif "modality" in ids.get(case, {}):
+            where = f"dataset.json training entry of {case}"
+            out[case] = (_checked(_kind(ids[case]["modality"]), where), where, True)
+        elif folder_wide is not None:
+            out[case] = (*folder_wide, False)
+        else:
+            raise ValueError(f"dataset nifti_folder: cannot tell CT from MR for case {case} (dataset.json "
+                             f"channels {channels}); set dataset.modality: CT or MR, or per case "
+                             f"dataset.modality: {{{case}: MR, ...}}")
+    return out
+
+
+def modality(dataset_cfg: dict) -> str:
+    """The folder's modality: CT or MR, or "mixed" when its cases differ (every
+    per-case consumer reads ``fsmis.data.adapters.case_modalities`` instead)."""
+    kinds = {claim[0] for claim in modality_claims(dataset_cfg, case_ids(dataset_cfg)).values()}
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 def classes(dataset_cfg: dict) -> list[str]:
@@ -145,7 +193,12 @@ def label_groups(dataset_cfg: dict) -> list[list[str]]:
 
 
 def check_source(dataset_cfg: dict, root) -> None:
-    _locate(dataset_cfg, root, case_ids(dataset_cfg))
+    """Fast (file names, and each NIfTI's gzip trailer against its header): run before
+    any job, so a half-copied folder stops the run at once, naming the truncated files."""
+    from fsmis.nifti_check import check_files
+
+    found = _locate(dataset_cfg, root, case_ids(dataset_cfg))
+    check_files([p for pair in found.values() for p in pair], thorough=False)
 
 
 def _locate(cfg: dict, root, cases) -> dict[str, tuple[Path, Path]]:
@@ -166,7 +219,7 @@ def _locate(cfg: dict, root, cases) -> dict[str, tuple[Path, Path]]:
     return out
 
 
-def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, str, str]]:
+def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, ...]]:
     from fsmis.data.adapters.manual import zero_values
 
     found = _locate(dataset_cfg, raw_dir, list(cases))
@@ -175,7 +228,7 @@ def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, str, s
     out = []
     for case in cases:
         image, label = found[case]
-        if ignore:
-            label = zero_values(label, ignore, Path(work_dir) / f"{case}_label.nii.gz")
-        out.append((case, str(image), str(label)))
+        used = zero_values(label, ignore, Path(work_dir) / f"{case}_label.nii.gz") if ignore else label
+        # cases.tsv names the raw files, not the work copy that is deleted afterwards
+        out.append((case, str(image), str(used), str(image), str(label)))
     return out
