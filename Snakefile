@@ -6,7 +6,8 @@
 #   snakemake --workflow-profile workflow/profiles/slurm             a SLURM cluster
 #   snakemake results/demo/panet/setting1/fold0/metrics.json         one fold only
 #
-# Results tree (DESIGN.md section 3):
+# Results tree (docs/design.md, 'Stages and the files between them'; every template in
+# src/fsmis/paths.py, which the rules and the library share):
 #   resources/phantom/raw/{case}_{image,label}.nii.gz            fetch
 #   results/data/{ds}/canonical/..., cases.tsv                   canonical
 #   results/data/{ds}/preprocessed/..., classmap.json            preprocess, classmap
@@ -63,22 +64,22 @@ onstart:
     # Jobs record their runs here; the handlers below store them (fsmis.tracking).
     # Runs left by an interrupted invocation are stored first.
     tracking.flush_spool(MLFLOW_SPOOL)
-    os.environ[SPOOL_ENV] = str(MLFLOW_SPOOL)
+    os.environ[ENVVARS.FSMIS_MLFLOW_SPOOL] = str(MLFLOW_SPOOL)
     run_id = tracking.start_parent(experiment=EXPERIMENT, tags=parent_run_tags())
     # None when tracking is off (FSMIS_TRACKING=off) or the store is unreachable.
     if run_id:
-        os.environ[PARENT_RUN_ENV] = run_id
+        os.environ[ENVVARS.FSMIS_MLFLOW_PARENT_RUN_ID] = run_id
     else:
-        os.environ.pop(PARENT_RUN_ENV, None)
-    os.environ[CONFIG_HASH_ENV] = CONFIG_HASH
+        os.environ.pop(ENVVARS.FSMIS_MLFLOW_PARENT_RUN_ID, None)
+    os.environ[ENVVARS.FSMIS_CONFIG_HASH] = CONFIG_HASH
 
 
 onsuccess:
     report_skipped_cases()
     fsmis_tracking().flush_spool(MLFLOW_SPOOL)
-    if os.environ.get(PARENT_RUN_ENV):
+    if os.environ.get(ENVVARS.FSMIS_MLFLOW_PARENT_RUN_ID):
         fsmis_tracking().end_parent(
-            os.environ[PARENT_RUN_ENV],
+            os.environ[ENVVARS.FSMIS_MLFLOW_PARENT_RUN_ID],
             status="FINISHED",
             log_file=first_or_none(log),
         )
@@ -86,9 +87,9 @@ onsuccess:
 
 onerror:
     fsmis_tracking().flush_spool(MLFLOW_SPOOL)
-    if os.environ.get(PARENT_RUN_ENV):
+    if os.environ.get(ENVVARS.FSMIS_MLFLOW_PARENT_RUN_ID):
         fsmis_tracking().end_parent(
-            os.environ[PARENT_RUN_ENV], status="FAILED", log_file=first_or_none(log)
+            os.environ[ENVVARS.FSMIS_MLFLOW_PARENT_RUN_ID], status="FAILED", log_file=first_or_none(log)
         )
 
 

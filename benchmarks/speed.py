@@ -5,8 +5,8 @@ Figures (``--figures``, all by default):
 - ``train``: one training step of each method and backbone/input size, exactly the
   step ``fsmis.train`` runs (``fsmis.train.training_step``: forward, weighted query
   cross-entropy + alignment loss + the method's own losses, backward, SGD step, then
-  the scheduler step), on the synthetic volume of ``shared/reference/anchors.md``
-  §2.2 (support slice 20, query slice 22, an organ-sized disk or ``--fg small``).
+  the scheduler step), on the synthetic volume of ``docs/benchmarks.md``
+  ('Synthetic input volume': support slice 20, query slice 22, an organ-sized disk or ``--fg small``).
   Median and quartiles of ``--steps`` timed steps after ``--warmup``. Also reported:
   parameters, and parameters left without a gradient by a step (work for unused
   heads would show here).
@@ -154,7 +154,7 @@ def parse_config(text: str) -> tuple[str, int]:
 # -- shared inputs ---------------------------------------------------------------------------
 
 def make_volume(n_slices=40, h=256, w=256, seed=0):
-    """The synthetic volume of shared/reference/anchors.md §2.2 (0..255 float32)."""
+    """The synthetic volume of docs/benchmarks.md, 'Synthetic input volume' (0..255 float32)."""
     import numpy as np
     import scipy.ndimage
 
@@ -184,7 +184,7 @@ def disk(size: int, cy: float, cx: float, r: float):
 
 def train_inputs(size: int, fg: str, n_slices: int, seed: int) -> dict:
     """z-normalised support/query slices tiled to 3 channels, support foreground and
-    query label (anchors §2.2) as torch tensors on the CPU."""
+    query label (docs/benchmarks.md) as torch tensors on the CPU."""
     import math
 
     import torch
@@ -293,15 +293,16 @@ def ours_stepper(job: dict, ep: dict, stack):
     encoder's precision context is entered on ``stack``)."""
     import torch
 
+    from fsmis import precision as P
     from fsmis import train as T
 
     device = torch.device(job["device"])
     model = build_ours(job["method"], job["backbone"], job["seed"]).to(device).train()
     opt, sched = T.make_optimizer(model, TRAIN_CFG)
-    dtype = T.amp_dtype(job["precision"].startswith("amp"), device)
-    scaler = T.make_grad_scaler(dtype, device)
+    dtype = P.amp_dtype(job["precision"].startswith("amp"), device)
+    scaler = P.make_grad_scaler(dtype, device)
     with_label = bool(getattr(model, "takes_query_label", False))
-    stack.enter_context(T.autocast_encoder(model, dtype, job["precision"].endswith("+cl")))
+    stack.enter_context(P.autocast_encoder(model, dtype, job["precision"].endswith("+cl")))
 
     def step():
         T.training_step(model, ep, TRAIN_CFG, opt, scaler, with_label)
@@ -573,7 +574,7 @@ def reference_stepper(job: dict, ep: dict):
     """The reference model and one step of its ``training.py``; a random-init model may
     leave no background cell for the alignment loss (the reference skips such "faulty
     batches"), so it is first primed with steps without that loss until a full step
-    runs (at most 30), as anchors.md §2.3 did."""
+    runs (at most 30), as the reference measurements did (docs/benchmarks.md)."""
     import torch
     from torch import nn
 
@@ -696,7 +697,7 @@ def child_superpixels_reference(job: dict) -> dict:
     nb = Path(job["reference"]) / "data" / "pseudolabel_gen.ipynb"
     if not nb.exists():
         raise SystemExit(f"{nb} not found: the reference superpixels come from SSL-ALPNet's checkout")
-    cells = [c for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code"]
+    cells = [c for c in json.loads(nb.read_text(encoding="utf-8"))["cells"] if c["cell_type"] == "code"]
     code = ["".join(c["source"]) for c in cells]
     setup = next(c for c in code if "import skimage" in c)
     wrapper = next(c for c in code if "def superpix_wrapper" in c)
@@ -797,7 +798,7 @@ def demo_row(path: str | None) -> dict | None:
     if p.is_dir():
         seconds, by_rule = 0.0, {}
         for tsv in p.rglob("*.tsv"):
-            lines = tsv.read_text().splitlines()
+            lines = tsv.read_text(encoding="utf-8").splitlines()
             if len(lines) < 2:
                 continue
             s = float(dict(zip(lines[0].split("\t"), lines[1].split("\t")))["s"])
@@ -858,7 +859,7 @@ def machine_line(device: str) -> str:
     except OSError:
         pass
     dev = torch.cuda.get_device_name(0) if device.startswith("cuda") and torch.cuda.is_available() else "no GPU used"
-    from fsmis.train import cpu_has_fast_bf16
+    from fsmis.precision import cpu_has_fast_bf16
 
     bf16 = "native bf16 (AVX512-BF16/AMX)" if cpu_has_fast_bf16() else "no native bf16 (no AVX512-BF16, no AMX)"
     return (f"{cpu}, {os.cpu_count()} cores, {bf16}, {dev}, torch {torch.__version__}, "

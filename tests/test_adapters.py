@@ -1,5 +1,6 @@
 """Dataset adapters: real raw layouts (faked small) -> checked (case, image, label) pairs."""
 
+import dataclasses
 import io
 import json
 import subprocess
@@ -12,7 +13,7 @@ import pytest
 import SimpleITK as sitk
 
 import fake_datasets as F
-from fsmis.data import adapters, canonical, sources
+from fsmis.data import adapters, canonical
 from fsmis.data.adapters import ManualDataMissing
 from fsmis.errors import InputError
 from fsmis.labels import CLASSES, class_id
@@ -30,31 +31,49 @@ def _build(name, pairs, tmp_path, cfg=None):
 # -- registry and facts ---------------------------------------------------------------
 
 def test_modules_import_only_the_standard_library():
-    code = ("import sys\nfrom fsmis.data import sources, adapters\n"
-            "from fsmis.data.adapters import chaos_mr, abdomenct1k, manual, nifti_folder\n"
+    """The Snakefile imports the registry and every adapter at parse time."""
+    code = ("import sys, importlib\nfrom fsmis.data import adapters\n"
+            "for name in (*adapters.DATASETS, 'manual', '__main__'):\n"
+            "    importlib.import_module(f'fsmis.data.adapters.{name}')\n"
             "heavy = [m for m in ('numpy', 'SimpleITK', 'pandas', 'torch') if m in sys.modules]\n"
             "assert not heavy, heavy\n")
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-@pytest.mark.parametrize("name", ["chaos_mr", "abdomenct1k", "synapse_ct", "cmr_bssfp"])
+# every registered dataset with fixed facts (nifti_folder's come from the config)
+FIXED = [n for n in adapters.DATASETS if n != "nifti_folder"]
+
+
+@pytest.mark.parametrize("name", FIXED)
 def test_dataset_facts_are_consistent(name):
-    facts = sources.info(name)
+    module = adapters.get(name)
+    facts = adapters.facts({"name": name})
+    assert facts == dataclasses.asdict(module.FACTS)
     assert facts["modality"] in ("CT", "MR")
     assert all(v in CLASSES and isinstance(k, int) and k != 0 for k, v in facts["label_map"].items())
     assert set(facts["classes"]) <= set(facts["label_map"].values())
     assert all(set(g) <= set(facts["classes"]) for g in facts["label_groups"])
     kind = facts["source"]["kind"]
-    assert kind in ("zenodo", "manual")
     if kind == "manual":
         assert facts["source"]["page"].startswith("https://") and facts["source"]["layout"]
-    assert adapters.get(name).case_ids({"name": name})
+    if kind == "zenodo":
+        assert adapters.downloads({"name": name})
+    if kind == "generated":  # the workflow hashes the generator and calls generate()
+        assert (Path(adapters.__file__).parents[3] / facts["source"]["generator"]).is_file()  # relative to src/
+        assert callable(module.generate)
+    assert all(callable(getattr(module, f)) for f in ("case_ids", "check_source", "pairs"))
+    assert module.case_ids({"name": name, "n_cases": 3})
 
 
 def test_registry():
-    assert adapters.get("synapse_ct") is adapters.get("cmr_bssfp")
-    with pytest.raises(ValueError, match="no adapter for dataset 'nope'"):
+    assert set(adapters.DATASETS) == {"phantom", "chaos_mr", "abdomenct1k", "synapse_ct", "cmr_bssfp",
+                                      "nifti_folder"}
+    assert [adapters.source_kind(n) for n in ("phantom", "chaos_mr", "cmr_bssfp", "nifti_folder", "nope")] == \
+        ["generated", "zenodo", "manual", "local", None]
+    with pytest.raises(ValueError, match="no adapter for dataset 'nope'; registered datasets: phantom, chaos_mr"):
         adapters.get("nope")
+    with pytest.raises(ValueError, match="source kind 'ftp'"):
+        adapters.Facts("CT", {1: "liver"}, ["liver"], [["liver"]], {"kind": "ftp"})
     assert adapters.unpack_dir("raw", "Mask.7z").as_posix() == "raw/Mask"
     assert adapters.downloads({"name": "chaos_mr"}) == {"3431873": ["CHAOS_Train_Sets.zip"]}
 
@@ -242,7 +261,7 @@ def test_nifti_folder_msd(tmp_path):
 
 def test_synapse_missing_says_where_from_and_how(tmp_path):
     m = adapters.get("synapse_ct")
-    page = sources.info("synapse_ct")["source"]["page"]
+    page = m.FACTS.source["page"]
     with pytest.raises(ManualDataMissing) as err:
         m.check_source({"name": "synapse_ct"}, None)
     text = str(err.value)
@@ -302,7 +321,7 @@ def _mixed_folder(root, mr_cases=("liver_1",), training_modality=None):
             image[:, 0, :] = -1000  # air rows: a CT signature
         F.write_nifti(root / "imagesTr" / f"{stem}.nii.gz", image)
     if training_modality:
-        meta = json.loads((root / "dataset.json").read_text())
+        meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
         for entry in meta["training"]:
             case = Path(entry["label"]).name[: -len(".nii.gz")].replace("-", "_")
             if case in training_modality:

@@ -134,7 +134,7 @@ def test_case_table_joins_the_per_case_rows_exactly(tmp_path):
     (tmp_path / "a.tsv").write_text(f"{header}\na_1\t1.5\tliver,spleen\n")
     pipeline.case_table([str(tmp_path / "b.tsv"), str(tmp_path / "a.tsv")], str(tmp_path / "cases.tsv"))
     # rows in the order given, values as written (no float round trip)
-    assert (tmp_path / "cases.tsv").read_text() == f"{header}\nb_1\t0.7031250000000001\tliver\na_1\t1.5\tliver,spleen\n"
+    assert (tmp_path / "cases.tsv").read_text(encoding="utf-8") == f"{header}\nb_1\t0.7031250000000001\tliver\na_1\t1.5\tliver,spleen\n"
     (tmp_path / "c.tsv").write_text("case\tlabels\nc_1\tliver\n")
     with pytest.raises(InputError, match="c.tsv.*columns differ"):
         pipeline.case_table([str(tmp_path / "a.tsv"), str(tmp_path / "c.tsv")], str(tmp_path / "bad.tsv"))

@@ -14,9 +14,9 @@ def store(tmp_path_factory):
     """Evaluate runs as the workflow logs them (tags = wildcards, params.protocol)."""
     mp = pytest.MonkeyPatch()
     # jobs log directly (no spool folder, no parent), strictly, into this store only
-    for name in ("FSMIS_MLFLOW_SPOOL", tracking.PARENT_ENV, tracking.TRACKING_ENV, "MLFLOW_TRACKING_URI"):
+    for name in ("FSMIS_MLFLOW_SPOOL", "FSMIS_MLFLOW_PARENT_RUN_ID", "FSMIS_TRACKING", "MLFLOW_TRACKING_URI"):
         mp.delenv(name, raising=False)
-    mp.setenv(tracking.STRICT_ENV, "1")
+    mp.setenv("FSMIS_TRACKING_STRICT", "1")
     db = tmp_path_factory.mktemp("mlflow") / "mlflow.db"
     uri = f"sqlite:///{db}"
 

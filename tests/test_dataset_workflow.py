@@ -139,18 +139,18 @@ def test_abdomenct1k_full_release_skips_maskless_cases_with_a_message(tmp_path):
     assert again.returncode == 0 and "Nothing to be done" in again.stdout + again.stderr
     # the maskless case is named at the end of the run, and in the inventory with its reason
     assert "1 of 5 requested case(s) were skipped (no mask): case_00002" in out
-    inventory = (tmp_path / "results/data/abdomenct1k_full/inventory.tsv").read_text().splitlines()
+    inventory = (tmp_path / "results/data/abdomenct1k_full/inventory.tsv").read_text(encoding="utf-8").splitlines()
     assert inventory[0].split("\t") == ["case", "usable", "reason"]
     rows = {line.split("\t")[0]: line.split("\t")[1:] for line in inventory[1:]}
     assert rows["case_00002"][0] == "0" and "no mask" in rows["case_00002"][1]
     assert [rows[c][0] for c in ("case_00001", "case_00003", "case_00401", "case_00801")] == ["1"] * 4
     # everything after it is built from the four usable cases only
     cases = [line.split("\t")[0] for line in
-             (tmp_path / "results/data/abdomenct1k_full/cases.tsv").read_text().splitlines()[1:]]
+             (tmp_path / "results/data/abdomenct1k_full/cases.tsv").read_text(encoding="utf-8").splitlines()[1:]]
     assert cases == ["case_00001", "case_00003", "case_00401", "case_00801"]
     assert not list((tmp_path / "results/data/abdomenct1k_full").rglob("case_00002*"))
-    classmap = (tmp_path / "results/data/abdomenct1k_full/classmap.json").read_text()
+    classmap = (tmp_path / "results/data/abdomenct1k_full/classmap.json").read_text(encoding="utf-8")
     assert "case_00002" not in classmap and "case_00801" in classmap
-    splits = json.loads((tmp_path / "results/ct1k-fake/splits.json").read_text())
+    splits = json.loads((tmp_path / "results/ct1k-fake/splits.json").read_text(encoding="utf-8"))
     assert "case_00002" not in json.dumps(splits)
     assert sorted(c for fold in splits["folds"] for c in fold["test"]) == cases

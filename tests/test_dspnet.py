@@ -1,8 +1,8 @@
 """DSPNet: each module's defining behaviour on hand-made inputs, the code/paper
-differences (fsmis.models.dspnet docstring, dspnet.md §3 and §7), the off switches,
+differences (fsmis.models.dspnet docstring; docs/methods.md, 'DSPNet: code vs paper' and
+'DSPNet: known defects'), the off switches,
 persistence and a training step."""
 
-import inspect
 import io
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from fsmis.models import prototypes as P
 from fsmis.models import registry
-from fsmis.models.dspnet import DSPNet
+from fsmis.models.dspnet import DSPNet, DSPNetParams
 from fsmis.models.dsr_blocks import (
     ChannelAttention,
     ResemblanceKernel,
@@ -67,7 +67,7 @@ def test_ran_has_no_parameters_and_returns_the_support_shape():
     out = resemblance_attention(sup, qry)
     assert out.shape == (2, 4, 5, 6)  # one refined support per query, the support's shape
     assert torch.allclose(out, _dense_ran(sup, qry), atol=1e-5)
-    assert list(DSPNet(Identity(4), bcma=False).parameters()) == []  # RAN and FSPA learn nothing
+    assert list(DSPNet.from_keywords(Identity(4), bcma=False).parameters()) == []  # RAN and FSPA learn nothing
     # a query identical in every position: uniform attention, F^ = F + mean(F)
     flat = torch.ones(1, 4, 5, 6)
     assert torch.allclose(resemblance_attention(sup, flat), sup + sup.mean(dim=(2, 3), keepdim=True), atol=1e-6)
@@ -225,7 +225,7 @@ def test_bcma_channel_weights_are_one_parameter_with_scaled_gradient():
 def test_cluster_count_follows_the_area_rule(rows, cols, clusters):
     """min(round(area / 100), 5), half to even (150 -> 2, 250 -> 2); below 2 no clustering."""
     assert cluster_count(rows * cols, 100.0, 5) == clusters
-    net = DSPNet(Identity(3), variant="paper")
+    net = DSPNet.from_keywords(Identity(3), variant="paper")
     plan = net._cluster_plan(_mask(32, 32, 1, 1 + rows, 1, 1 + cols))
     assert (plan is None) if clusters < 2 else (plan["seeds"].shape == (clusters, 2))
 
@@ -262,7 +262,7 @@ def test_seed_count_exact_keeps_seeds_the_reference_loses_on_row_or_column_0():
     seeds = place_seeds(strip[0, 0].bool(), 3)
     assert seeds.tolist() == [[1, 31], [0, 0], [0, 16]]
     for count, kept in (("exact", 3), ("nonzero", 2)):  # nonzero rows: 1, columns: 2
-        net = DSPNet(Identity(3), avg_cluster_area=20.0, seed_count=count)
+        net = DSPNet.from_keywords(Identity(3), avg_cluster_area=20.0, seed_count=count)
         assert net._cluster_plan(strip)["seeds"].shape[0] == kept
 
 
@@ -272,7 +272,7 @@ def test_ran_grad_false_keeps_the_output_and_drops_the_attention_gradient():
     grads, outs = [], []
     for flag in (True, False):
         sup, qry = feats.clone().requires_grad_(), torch.randn(1, 4, 16, 16, generator=torch.Generator().manual_seed(0))
-        net = DSPNet(Identity(4), variant="paper", ran_grad=flag, bcma=False).eval()
+        net = DSPNet.from_keywords(Identity(4), variant="paper", ran_grad=flag, bcma=False).eval()
         out = net.score(qry, net.support_state(sup, fg))
         out.sum().backward()
         outs.append(out.detach())
@@ -285,12 +285,12 @@ def test_fspa_with_one_cluster_is_the_masked_average_prototype():
     torch.manual_seed(6)
     feats, qry = torch.randn(1, 5, 16, 16), torch.randn(1, 5, 16, 16)
     small = _mask(16, 16, 3, 11, 4, 12)  # 64 cells -> round(0.64) = 1 cluster
-    net = DSPNet(Identity(5), variant="paper", ran=False, bcma=False).eval()
+    net = DSPNet.from_keywords(Identity(5), variant="paper", ran=False, bcma=False).eval()
     st = net.support_state(feats, small)
     assert st["plan"] is None
     assert torch.allclose(net.prototypes(qry, st)["fg"][:, 0], P.masked_average(feats, small), atol=1e-6)
     # with RAN: the masked average of the RAN output
-    net = DSPNet(Identity(5), variant="paper", bcma=False).eval()
+    net = DSPNet.from_keywords(Identity(5), variant="paper", bcma=False).eval()
     fg = net.prototypes(qry, net.support_state(feats, small))["fg"][:, 0]
     assert torch.allclose(fg, P.masked_average(resemblance_attention(feats, qry), small), atol=1e-5)
 
@@ -329,7 +329,7 @@ def test_code_residual_and_one_prototype_fallback_vs_paper():
     feats, qry = torch.randn(1, 5, 16, 16), torch.randn(1, 5, 16, 16)
     small = _mask(16, 16, 2, 10, 2, 9)
     for variant in ("code", "paper"):
-        net = DSPNet(Identity(5), variant=variant, ran=False, bcma=False).eval()
+        net = DSPNet.from_keywords(Identity(5), variant=variant, ran=False, bcma=False).eval()
         p_f = net.prototypes(qry, net.support_state(feats, small))["fg"][:, -1]
         p0 = P.masked_average(feats, small)
         if variant == "code":
@@ -349,7 +349,7 @@ def test_clustering_and_bcma_see_the_raw_support_in_code_the_ran_output_in_paper
     feats = torch.randn(1, 6, 32, 32)
     big = _mask(32, 32, 4, 24, 6, 22)  # 320 cells -> 3 clusters
     q1, q2 = torch.randn(1, 6, 32, 32), torch.randn(1, 6, 32, 32)
-    code = DSPNet(Identity(6), variant="code").eval()
+    code = DSPNet.from_keywords(Identity(6), variant="code").eval()
     st = code.support_state(feats, big)
     plan = st["plan"]
     init = torch.cat([feats.flatten(2)[:, :, plan["seed_idx"]], plan["seeds"].t()[None].float()], 1)
@@ -357,12 +357,12 @@ def test_clustering_and_bcma_see_the_raw_support_in_code_the_ran_output_in_paper
     assert torch.allclose(st["centres"], raw[0])
     c1, c2 = code.prototypes(q1, st), code.prototypes(q2, st)
     assert torch.equal(c1["bg"], c2["bg"]) and torch.equal(c1["fg"][:, :-1], c2["fg"][:, :-1])
-    paper = DSPNet(Identity(6), variant="paper").eval()
+    paper = DSPNet.from_keywords(Identity(6), variant="paper").eval()
     st = paper.support_state(feats, big)
     p1, p2 = paper.prototypes(q1, st), paper.prototypes(q2, st)
     assert not torch.allclose(p1["bg"], p2["bg"]) and not torch.allclose(p1["fg"], p2["fg"])
     # RAN feeds nothing but FSPA in the code: without FSPA the output ignores RAN
-    nofspa = [DSPNet(Identity(6), variant="code", fspa=False, ran=r).eval() for r in (True, False)]
+    nofspa = [DSPNet.from_keywords(Identity(6), variant="code", fspa=False, ran=r).eval() for r in (True, False)]
     s0, s1 = (n.score(q1, n.support_state(feats, big)) for n in nofspa)
     assert torch.equal(s0, s1)
 
@@ -371,9 +371,9 @@ def test_foreground_prototypes_local_plus_global_in_code_one_in_paper():
     torch.manual_seed(11)
     feats, qry = torch.randn(1, 4, 32, 32), torch.randn(1, 4, 32, 32)
     big = _mask(32, 32, 0, 16, 0, 16)
-    code = DSPNet(Identity(4), variant="code").eval()  # test window 2: 64 local cells + P_f
+    code = DSPNet.from_keywords(Identity(4), variant="code").eval()  # test window 2: 64 local cells + P_f
     assert code.prototypes(qry, code.support_state(feats, big))["fg"].shape == (1, 65, 4)
-    paper = DSPNet(Identity(4), variant="paper").eval()
+    paper = DSPNet.from_keywords(Identity(4), variant="paper").eval()
     assert paper.prototypes(qry, paper.support_state(feats, big))["fg"].shape == (1, 1, 4)
 
 
@@ -381,7 +381,7 @@ def test_foreground_prototypes_local_plus_global_in_code_one_in_paper():
 def test_alignment_pass_clusters_only_in_the_paper_variant(variant, plans, monkeypatch):
     """Variant difference: the reference's alignLoss uses MAP-attention (no clustering)."""
     torch.manual_seed(12)
-    net = DSPNet(Identity(4), variant=variant).train()
+    net = DSPNet.from_keywords(Identity(4), variant=variant).train()
     calls = []
     orig = net._cluster_plan
     monkeypatch.setattr(net, "_cluster_plan", lambda fg: calls.append(1) or orig(fg))
@@ -398,7 +398,7 @@ def test_code_variant_with_every_module_off_is_ssl_alpnet(training):
     torch.manual_seed(13)
     feats, qry = torch.randn(1, 8, 32, 32), torch.randn(2, 8, 32, 32)
     fg = _mask(32, 32, 5, 25, 3, 20)
-    dsp = DSPNet(Identity(8), ran=False, fspa=False, bcma=False).train(training)
+    dsp = DSPNet.from_keywords(Identity(8), ran=False, fspa=False, bcma=False).train(training)
     alp = SSLALPNet(Identity(8)).train(training)
     assert torch.allclose(dsp.score(qry, dsp.support_state(feats, fg)), alp.score(qry, alp.support_state(feats, fg)),
                           atol=1e-5)
@@ -411,7 +411,7 @@ def test_each_switch_changes_the_output_and_off_reduces_to_the_simpler_operator(
     fg = _mask(32, 32, 4, 26, 5, 21)  # 352 cells: clustering, local fg prototypes
 
     def build(**kw):
-        return DSPNet(Identity(6), variant=variant, **kw).eval()
+        return DSPNet.from_keywords(Identity(6), variant=variant, **kw).eval()
 
     def run(net):
         st = net.support_state(feats, fg)
@@ -423,7 +423,7 @@ def test_each_switch_changes_the_output_and_off_reduces_to_the_simpler_operator(
         assert not torch.equal(off, full), switch
         if not (variant == "code" and switch == "ran"):
             assert not torch.allclose(off, full, atol=1e-3), switch
-    # the code's RAN only shifts FSPA's logits by a near-constant (dspnet.md §3.2-3.3): tiny effect
+    # the code's RAN only shifts FSPA's logits by a near-constant (docs/methods.md): tiny effect
     assert torch.allclose(run(build(ran=False))[0], full, atol=1e-3) == (variant == "code")
     # RAN off: the support feature itself (paper: FSPA and BCMA off leave masked average and pooling)
     base = feats if variant == "code" else resemblance_attention(feats, qry)
@@ -439,11 +439,11 @@ def test_empty_background_policy():
     feats = torch.randn(1, 3, 8, 8)
     full = torch.ones(1, 1, 8, 8)
     for variant in ("code", "paper"):
-        net = DSPNet(Identity(3), variant=variant, ran=False).eval()
+        net = DSPNet.from_keywords(Identity(3), variant=variant, ran=False).eval()
         bg = net.prototypes(feats, net.support_state(feats, full))["bg"]
         assert bg.shape[-2:] == (1, 3)
         with pytest.raises(EmptyPrototypeSet):
-            DSPNet(Identity(3), variant=variant, ran=False, empty_bg="raise").eval().support_state(feats, full)
+            DSPNet.from_keywords(Identity(3), variant=variant, ran=False, empty_bg="raise").eval().support_state(feats, full)
 
 
 # -- persistence, caching, training ---------------------------------------------------------
@@ -525,14 +525,9 @@ def test_training_step_with_the_small_backbone_at_128(variant):
     assert sum(not torch.equal(a, b) for a, b in zip(before, net.parameters())) == len(before)
 
 
-def test_schema_entry_is_the_constructor_signature():
-    props = yaml.safe_load(SCHEMA.read_text())["properties"]["method_params"]["properties"]["dspnet"]
-    assert props["additionalProperties"] is False
+def test_schema_defaults_build_the_default_parameters():
+    props = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))["properties"]["method_params"]["properties"]["dspnet"]
     defaults = {k: v["default"] for k, v in props["properties"].items()}
-    sig = {k: p.default for k, p in inspect.signature(DSPNet).parameters.items() if k not in ("backbone", "align")}
-    assert set(defaults) == set(sig)
-    for key, value in defaults.items():
-        assert (list(sig[key]) if isinstance(sig[key], tuple) else sig[key]) == value, key
-    assert all(v.get("description") for v in props["properties"].values())
     net = registry.build("dspnet", {"backbone": "small_cnn", "feature_dim": 16}, defaults)
-    assert isinstance(net, DSPNet) and net.variant == "code"
+    assert isinstance(net, DSPNet) and net.params == DSPNetParams() and net.params.variant == "code"
+    assert net.params.bcma_taps == (0.3, 0.8, 0.3)  # a list in the config, a tuple in the frozen object

@@ -60,7 +60,7 @@ def test_report_and_metrics_exist(run):
     for name in ("dice_setting1_oracle.md", "dice_bars_setting1_oracle.png", "qualitative.png",
                  "training_curves.png"):
         assert (report / name).stat().st_size > 0, name
-    metrics = json.loads((wd / "results/tiny/ssl_alpnet/setting1/fold0/metrics.json").read_text())
+    metrics = json.loads((wd / "results/tiny/ssl_alpnet/setting1/fold0/metrics.json").read_text(encoding="utf-8"))
     oracle = metrics["protocols"]["oracle"]
     assert set(oracle["dice"]) == {"left_kidney", "right_kidney", "spleen", "liver"}
     assert 0.0 <= oracle["mean_dice"] <= 1.0
@@ -76,7 +76,7 @@ def test_setting_2_trains_a_model_per_label_group_and_evaluates_with_it(run):
     fold = wd / "results/tiny/ssl_alpnet/setting2/fold0"
     assert sorted(p.name for p in fold.iterdir() if (p / "model.pt").exists()) == [
         "left_kidney+right_kidney", "liver+spleen"]
-    metrics = json.loads((fold / "metrics.json").read_text())
+    metrics = json.loads((fold / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["groups"] == {"left_kidney+right_kidney": ["left_kidney", "right_kidney"],
                                  "liver+spleen": ["liver", "spleen"]}
     assert set(metrics["protocols"]["oracle"]["dice"]) == {"left_kidney", "right_kidney", "spleen", "liver"}
@@ -85,7 +85,7 @@ def test_setting_2_trains_a_model_per_label_group_and_evaluates_with_it(run):
         ("left_kidney", "left_kidney+right_kidney"), ("right_kidney", "left_kidney+right_kidney"),
         ("liver", "liver+spleen"), ("spleen", "liver+spleen")}
     # the kidney model never saw a slice with a kidney: its training log says how many went
-    log_text = (wd / "logs/train/tiny/ssl_alpnet/setting2/fold0/left_kidney+right_kidney.log").read_text()
+    log_text = (wd / "logs/train/tiny/ssl_alpnet/setting2/fold0/left_kidney+right_kidney.log").read_text(encoding="utf-8")
     assert "excluded" in log_text
     assert (wd / "results/tiny/report/paper_setting2_oracle.md").exists()
 

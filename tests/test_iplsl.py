@@ -1,7 +1,6 @@
 """IPLSL (a reconstruction, see fsmis.models.iplsl): each component's defining
 behaviour on hand-made inputs, the off switches, persistence and a training step."""
 
-import inspect
 import io
 from pathlib import Path
 
@@ -12,7 +11,7 @@ from torch import nn
 
 from fsmis.models import prototypes as P
 from fsmis.models import registry
-from fsmis.models.iplsl import IPLSL
+from fsmis.models.iplsl import IPLSL, IPLSLParams
 from fsmis.models.iplsl_blocks import boundary_band, masked_averages, peak_prototype, self_masks, to_grid
 from fsmis.models.panet import PANet
 from fsmis.models.ssl_alpnet import SSLALPNet
@@ -70,7 +69,7 @@ def test_peak_prototype_is_the_masked_channel_maximum():
     assert peak_prototype(f, soft, topk=3).tolist() == [[1.0, -5.0]]  # only one cell to average
     assert peak_prototype(f, torch.zeros(1, 1, 2, 2)).tolist() == [[0.0, 0.0]]  # empty: zero vector
     # the support state's foreground high-level prototype is that peak
-    net = IPLSL(Tiny(2), interaction=False, self_learning=False, boundary=False, decoder_channels=2,
+    net = IPLSL.from_keywords(Tiny(2), interaction=False, self_learning=False, boundary=False, decoder_channels=2,
                 prototype_sets="mean")
     feats = torch.cat([torch.randn(1, 2, 2, 2), f], 1)
     assert net.support_state(feats, m)["high_fg"].tolist() == [[3.0, 4.0]]
@@ -88,7 +87,7 @@ def test_masked_averages_equal_masked_average_per_mask():
 
 
 def test_self_learning_with_a_perfect_first_prediction_gives_the_querys_own_prototypes():
-    net = IPLSL(Tiny(6), boundary=False, decoder_channels=4).eval()
+    net = IPLSL.from_keywords(Tiny(6), boundary=False, decoder_channels=4).eval()
     feats = _packed(net, b=2, size=12, seed=1)
     m = torch.cat([_mask(12, 12, 2, 9, 3, 10), _mask(12, 12, 0, 5, 0, 12)])  # one mask per query
     first = (30.0 * (2 * m - 1)).flatten(2)
@@ -117,7 +116,7 @@ def test_self_masks_use_separate_thresholds_and_an_empty_class_keeps_its_prototy
 def test_self_learning_output_is_the_mix_of_first_and_self_learned_predictions():
     torch.manual_seed(2)
     kw = {"deep_path": False, "interaction": False, "boundary": False, "prototype_sets": "mean"}
-    net = IPLSL(Tiny(5), self_mix=0.25, **kw).eval()
+    net = IPLSL.from_keywords(Tiny(5), self_mix=0.25, **kw).eval()
     feats, q = _packed(net, seed=2), _packed(net, b=2, seed=3)
     fg = _mask(16, 16, 3, 12, 4, 13)
     out = net._score(q, net.support_state(feats, fg))
@@ -145,15 +144,15 @@ def test_interaction_mixes_support_and_query_mean_prototypes():
     bg_p = (1 - lam) * support["bg"] + lam * P.masked_average(q, 1 - prob)
     fg_p = (1 - lam) * support["fg"] + lam * P.masked_average(q, prob)
     expected = torch.cat([P.cosine_scores(q[i:i + 1], torch.stack([bg_p[i], fg_p[i]]), 20.0) for i in range(2)])
-    net = IPLSL(Tiny(4), interact_mix=lam, **kw).eval()
+    net = IPLSL.from_keywords(Tiny(4), interact_mix=lam, **kw).eval()
     assert torch.allclose(net.score(q, net.support_state(feats, fg)), expected, atol=1e-4)
-    zero = IPLSL(Tiny(4), interact_mix=0.0, **kw).eval()  # no query share: PANet
+    zero = IPLSL.from_keywords(Tiny(4), interact_mix=0.0, **kw).eval()  # no query share: PANet
     assert torch.allclose(zero.score(q, zero.support_state(feats, fg)), panet.score(q, support), atol=1e-5)
 
 
 def test_high_level_interaction_mixes_the_support_and_query_peaks():
     torch.manual_seed(4)
-    net = IPLSL(Tiny(3), self_learning=False, boundary=False, decoder_channels=3, interact_mix=0.5,
+    net = IPLSL.from_keywords(Tiny(3), self_learning=False, boundary=False, decoder_channels=3, interact_mix=0.5,
                 prototype_sets="mean").eval()
     feats, q = _packed(net, seed=4), _packed(net, seed=5)
     fg = _mask(16, 16, 4, 12, 4, 12)
@@ -187,8 +186,8 @@ def test_boundary_band_by_hand():
 
 def test_boundary_branch_changes_only_the_band_and_follows_the_low_level_scores():
     torch.manual_seed(5)
-    on = IPLSL(Tiny(4, low=3), deep_path=False, boundary_mode="prototype", boundary_weight=1.0).eval()
-    off = IPLSL(Tiny(4, low=3), deep_path=False, boundary=False).eval()
+    on = IPLSL.from_keywords(Tiny(4, low=3), deep_path=False, boundary_mode="prototype", boundary_weight=1.0).eval()
+    off = IPLSL.from_keywords(Tiny(4, low=3), deep_path=False, boundary=False).eval()
     feats, q = _packed(on, seed=6), _packed(on, b=2, seed=7)
     fg = _mask(16, 16, 3, 11, 2, 12)
     s_on = on.score(q, on.support_state(feats, fg))
@@ -210,8 +209,8 @@ def test_boundary_branch_changes_only_the_band_and_follows_the_low_level_scores(
 
 def test_learned_boundary_head_starts_as_identity_and_acts_only_in_the_band():
     torch.manual_seed(12)
-    on = IPLSL(Tiny(4, low=3), deep_path=False, boundary_mode="learned", boundary_hidden=5).eval()
-    off = IPLSL(Tiny(4, low=3), deep_path=False, boundary=False).eval()
+    on = IPLSL.from_keywords(Tiny(4, low=3), deep_path=False, boundary_mode="learned", boundary_hidden=5).eval()
+    off = IPLSL.from_keywords(Tiny(4, low=3), deep_path=False, boundary=False).eval()
     assert {n for n, _ in on.named_parameters()} - {n for n, _ in off.named_parameters()} == {
         "boundary_head.conv.weight", "boundary_head.conv.bias", "boundary_head.out.weight", "boundary_head.out.bias"}
     feats, q = _packed(on, seed=8), _packed(on, b=2, seed=9)
@@ -250,7 +249,7 @@ def test_every_component_off_is_panet_or_ssl_alpnet(training):
     feats, q = torch.randn(1, 8, 32, 32), torch.randn(2, 8, 32, 32)
     fg = _mask(32, 32, 5, 25, 3, 20)
     for mode, ref in (("mean", PANet(Tiny(8))), ("local", SSLALPNet(Tiny(8)))):
-        net = IPLSL(Tiny(8), prototype_sets=mode, **ALL_OFF).train(training)
+        net = IPLSL.from_keywords(Tiny(8), prototype_sets=mode, **ALL_OFF).train(training)
         ref.train(training)
         assert net.channels == (8, 0, 0) and list(net.state_dict()) == ["backbone.stem.weight", "backbone.stem.bias",
                                                                          "backbone.head.weight", "backbone.head.bias"]
@@ -339,12 +338,9 @@ def test_train_forward_returns_the_losses_with_gradients(full_align):
                               {"self_learning": False}).train()(sup, fg, qry, qry_label=fg)[1]) == {"align"}
 
 
-def test_schema_entry_is_the_constructor_signature():
-    props = yaml.safe_load(SCHEMA.read_text())["properties"]["method_params"]["properties"]["iplsl"]
-    assert props["additionalProperties"] is False
+def test_schema_defaults_build_the_default_parameters():
+    props = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))["properties"]["method_params"]["properties"]["iplsl"]
     defaults = {k: v["default"] for k, v in props["properties"].items()}
-    sig = {k: p.default for k, p in inspect.signature(IPLSL).parameters.items() if k not in ("backbone", "align")}
-    assert defaults == sig
-    assert all(v.get("description") for v in props["properties"].values())
     net = registry.build("iplsl", {"backbone": "small_cnn", "feature_dim": 16}, defaults)
-    assert isinstance(net, IPLSL) and all(getattr(net, s) for s in SWITCHES)
+    assert isinstance(net, IPLSL) and net.params == IPLSLParams()
+    assert all(getattr(net.params, s) for s in SWITCHES)

@@ -63,7 +63,7 @@ def test_empty_background_policy():
     st = SSLALPNet(Identity()).eval().support_state(feats, full)  # global fallback
     assert st["bg"].shape == (1, 3)
     with pytest.raises(EmptyPrototypeSet):
-        SSLALPNet(Identity(), empty_bg="raise").eval().support_state(feats, full)
+        SSLALPNet.from_keywords(Identity(), empty_bg="raise").eval().support_state(feats, full)
 
 
 def test_panet_uses_one_prototype_per_class():

@@ -101,6 +101,26 @@ def test_write_dataset(tmp_path):
         "phantom_000_image.nii.gz", "phantom_000_label.nii.gz", "phantom_001_image.nii.gz", "phantom_001_label.nii.gz"]
 
 
+def test_the_phantom_is_an_adapter_like_any_other(tmp_path):
+    """Its facts, case ids, generation (the fetch step of source kind "generated") and
+    pairs all come from its adapter module; nothing else knows its name."""
+    from fsmis.data import adapters
+    from fsmis.errors import InputError
+
+    m, cfg = adapters.get("phantom"), {"name": "phantom", "n_cases": 1, "phantom_seed": 3}
+    assert m.FACTS.label_map == phantom.PHANTOM_LABEL_MAP and m.FACTS.source["kind"] == "generated"
+    cases = m.case_ids(cfg)
+    assert cases == ["phantom_000"]
+    with pytest.raises(InputError, match="generated file"):
+        m.check_source(cfg, tmp_path)
+    assert m.generate(cfg, tmp_path, cases) == cases
+    m.check_source(cfg, tmp_path)
+    assert m.pairs(cfg, str(tmp_path), tmp_path / "work", cases) == [
+        ("phantom_000", str(tmp_path / "phantom_000_image.nii.gz"), str(tmp_path / "phantom_000_label.nii.gz"))]
+    with pytest.raises(ValueError, match="n_cases"):
+        m.case_ids({"name": "phantom"})
+
+
 def test_params_are_keyword_overridable():
     img, _ = phantom.generate_case(0, 1, noise_sd=0.0, texture_scale=0.0, n_slices_range=(36, 36))
     assert img.GetSize()[2] == 36

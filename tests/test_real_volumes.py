@@ -119,7 +119,7 @@ def runs(tmp_path_factory, phantom_cases):
 
 def test_three_cases_in_three_folds_run_from_data_to_report(runs):
     wd = runs["wd"]
-    splits = json.loads((wd / "results/plain/splits.json").read_text())
+    splits = json.loads((wd / "results/plain/splits.json").read_text(encoding="utf-8"))
     assert [(f["test"], f["support"], f["train"]) for f in splits["folds"]] == [
         (["phantom_000"], "phantom_001", ["phantom_002"]), (["phantom_001"], "phantom_002", ["phantom_000"]),
         (["phantom_002"], "phantom_000", ["phantom_001"])]
@@ -170,7 +170,7 @@ def test_predictions_on_the_raw_grid_overlay_the_stored_files(runs, phantom_case
     for k, case in enumerate(CASES):
         back = sitk.ReadImage(str(wd / f"results/flipped/mask_transfer/setting1/fold{k}/predictions/source_grid/"
                                        f"{case}.nii.gz"))
-        raw = sitk.ReadImage(str(Path(yaml.safe_load((wd / "flipped.yaml").read_text())["dataset"]["root"])
+        raw = sitk.ReadImage(str(Path(yaml.safe_load((wd / "flipped.yaml").read_text(encoding="utf-8"))["dataset"]["root"])
                                  / "labelsTr" / f"{case}.nii.gz"))
         assert back.GetSize() == raw.GetSize() and np.allclose(back.GetDirection(), raw.GetDirection())
         assert np.allclose(back.GetOrigin(), raw.GetOrigin(), atol=1e-4)
@@ -192,7 +192,7 @@ def test_a_support_scan_without_a_class_is_flagged_not_fatal(tmp_path, phantom_c
     wd = tmp_path / "work"
     wd.mkdir()
     _snakemake(wd, _config("nospleen", root, folds=[0]))
-    metrics = json.loads((wd / "results/nospleen/mask_transfer/setting1/fold0/metrics.json").read_text())
+    metrics = json.loads((wd / "results/nospleen/mask_transfer/setting1/fold0/metrics.json").read_text(encoding="utf-8"))
     assert metrics["support_missing"] == ["spleen"]
     oracle = metrics["protocols"]["oracle"]
     assert oracle["support_missing"] == ["spleen"] and oracle["dice"]["spleen"] is None or \
@@ -215,7 +215,7 @@ def test_a_truncated_file_stops_the_workflow_before_any_job(tmp_path, phantom_ca
         for path in sorted(root.rglob("*.nii.gz")):
             sitk.WriteImage(sitk.ReadImage(str(path)), str(path)[: -len(".gz")], False)
             path.unlink()
-        meta = json.loads((root / "dataset.json").read_text())
+        meta = json.loads((root / "dataset.json").read_text(encoding="utf-8"))
         (root / "dataset.json").write_text(json.dumps({**meta, "file_ending": ".nii"}))
     victim = root / "imagesTr" / f"phantom_001_0000{ending}"
     data = victim.read_bytes()

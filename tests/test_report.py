@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -250,7 +251,8 @@ def test_slice_dice_and_smoothing():
 def test_qualitative_panels_hold_support_query_truth_and_each_protocols_predictions(tmp_path):
     """fsmis.pipeline._qualitative_panels on tiny volumes: every panel has the support
     slice and mask, the query slice, the ground truth and one prediction per method,
-    read from the protocol's own prediction files."""
+    read from the protocol's own prediction files in the declared predictions folders
+    (names of fsmis.paths.prediction)."""
     import SimpleITK as sitk
 
     from fsmis import pipeline
@@ -263,25 +265,34 @@ def test_qualitative_panels_hold_support_query_truth_and_each_protocols_predicti
     label[2:7, 2:5, 2:5] = 1  # liver (class id 1) on slices 2..6
     label[3:6, 5:7, 5:7] = 2  # spleen (2) on slices 3..5
     data = tmp_path / "data"
+    images, labels = {}, {}
     for case in ("s", "q"):
         image = np.arange(label.size, dtype=np.float32).reshape(label.shape)
-        volume(image, data / "preprocessed" / f"{case}_image.nii.gz")
-        volume(label, data / "preprocessed" / f"{case}_label.nii.gz")
+        images[case], labels[case] = str(data / f"{case}_image.nii.gz"), str(data / f"{case}_label.nii.gz")
+        volume(image, Path(images[case]))
+        volume(label, Path(labels[case]))
     exp = tmp_path / "exp"
-    write_json({"folds": [{"support": "s", "test": ["q"]}]}, exp / "splits.json")
+    splits = exp / "splits.json"
+    write_json({"n_folds": 1, "folds": [{"fold": 0, "test": ["q"], "support": "s", "train": []}]}, splits)
     oracle_only = np.where(label == 1, 1, 0).astype(np.uint8)
-    paths = []
+    paths, predictions = [], []
     for method in ("a", "b"):
         fold = exp / method / "setting1" / "fold0"
         protocols = {"oracle": {"dice": {"liver": 0.5}}, "full": {"dice": {"liver": 0.4}}}
         write_json({"method": method, "setting": "1", "fold": 0, "protocols": protocols}, fold / "metrics.json")
         paths.append(str(fold / "metrics.json"))
-    volume(oracle_only, exp / "a" / "setting1" / "fold0" / "predictions" / "q.nii.gz")  # older layout: oracle
-    volume(label, exp / "b" / "setting1" / "fold0" / "predictions" / "oracle" / "q.nii.gz")
+        predictions.append(str(fold / "predictions"))
+    volume(oracle_only, exp / "a" / "setting1" / "fold0" / "predictions" / "q.nii.gz")  # oracle only
+    volume(label, exp / "b" / "setting1" / "fold0" / "predictions" / "q.nii.gz")
     volume(np.ones_like(label), exp / "b" / "setting1" / "fold0" / "predictions" / "q_full.nii.gz")
+    # a file in a layout no rule writes is not looked for
+    volume(np.ones_like(label), exp / "a" / "setting1" / "fold0" / "predictions" / "full" / "q.nii.gz")
     config = {"dataset": {"name": "phantom"}, "settings": ["1"], "evaluate": {"n_parts": 3}}
 
-    oracle = pipeline._qualitative_panels(paths, config, str(data), "1", "oracle")
+    def panels(protocol):
+        return pipeline._qualitative_panels(paths, predictions, config, images, labels, splits, "1", protocol)
+
+    oracle = panels("oracle")
     assert [p["class"] for p in oracle] == ["spleen", "liver"]  # papers' order, classes present only
     liver = oracle[1]
     assert liver["slice"] == 4 and liver["case"] == "q"
@@ -290,7 +301,7 @@ def test_qualitative_panels_hold_support_query_truth_and_each_protocols_predicti
     assert liver["support_mask"].sum() == 9 and liver["ground_truth"].sum() == 9
     assert sorted(liver["predictions"]) == ["a", "b"]
     assert liver["predictions"]["a"].sum() == 9
-    full = pipeline._qualitative_panels(paths, config, str(data), "1", "full")
+    full = panels("full")
     # only b wrote full-protocol predictions; a's oracle file is not shown as "full"
     assert sorted(full[1]["predictions"]) == ["b"]
     assert full[1]["predictions"]["b"].sum() == 64  # b's full-protocol file: liver everywhere

@@ -12,6 +12,7 @@ import torch
 
 import tiny_training as tiny
 from fsmis import evaluate as E
+from fsmis import precision as P
 from fsmis import train as T
 from fsmis.models.prototypes import resize_mask, segmentation_loss
 
@@ -23,13 +24,13 @@ CFG = dict(steps=3, lr=1e-2, momentum=0.9, weight_decay=5e-4, lr_step=2, lr_gamm
 
 
 def test_amp_choices():
-    assert T.amp_dtype(False, "cpu") is None and T.amp_dtype(None, "cpu") is None
-    assert T.amp_dtype(True, "cpu") == torch.bfloat16 and T.amp_dtype("bf16", "cpu") == torch.bfloat16
+    assert P.amp_dtype(False, "cpu") is None and P.amp_dtype(None, "cpu") is None
+    assert P.amp_dtype(True, "cpu") == torch.bfloat16 and P.amp_dtype("bf16", "cpu") == torch.bfloat16
     with pytest.raises(ValueError, match="CUDA"):
-        T.amp_dtype("fp16", "cpu")
+        P.amp_dtype("fp16", "cpu")
     with pytest.raises(ValueError, match="amp must be"):
-        T.amp_dtype("int8", "cpu")
-    assert T.make_grad_scaler(torch.bfloat16, "cpu") is None and T.make_grad_scaler(None, "cpu") is None
+        P.amp_dtype("int8", "cpu")
+    assert P.make_grad_scaler(torch.bfloat16, "cpu") is None and P.make_grad_scaler(None, "cpu") is None
 
 
 def test_amp_off_is_the_plain_float32_step(tmp_path):
@@ -121,10 +122,10 @@ def test_superpixel_rule_threads_reach_the_workers(tmp_path, monkeypatch):
     and the job script passes Snakemake's threads."""
     import SimpleITK as sitk
 
-    from fsmis import pipeline, tracking
+    from fsmis import pipeline
     from fsmis.data import superpixels as S
 
-    monkeypatch.setenv(tracking.TRACKING_ENV, "off")  # log nowhere
+    monkeypatch.setenv("FSMIS_TRACKING", "off")  # log nowhere
     monkeypatch.chdir(tmp_path)
     image = sitk.GetImageFromArray(np.full((2, 16, 16), 100.0, np.float32))
     sitk.WriteImage(image, str(tmp_path / "image.nii.gz"))
@@ -138,7 +139,7 @@ def test_superpixel_rule_threads_reach_the_workers(tmp_path, monkeypatch):
     pipeline.superpixels("c", "CT", {}, str(tmp_path / "image.nii.gz"), str(tmp_path / "sp.nii.gz"), 2,
                          {"experiment": "test-speed"})
     assert seen["workers"] == 2
-    script = (Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "superpixels.py").read_text()
+    script = (Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "superpixels.py").read_text(encoding="utf-8")
     assert "threads=snakemake.threads" in script
 
 
@@ -183,7 +184,7 @@ def test_channels_last_encoder_matches_and_is_undone():
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         plain = model.encode(x)
-        with T.autocast_encoder(model, None, channels_last=True):
+        with P.autocast_encoder(model, None, channels_last=True):
             assert model.backbone.stem[0][0].weight.is_contiguous(memory_format=torch.channels_last)
             cl = model.encode(x)
     assert cl.is_contiguous() and cl.dtype == torch.float32

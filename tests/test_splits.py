@@ -1,4 +1,4 @@
-"""Folds as the reference builds them (ssl_alpnet.md §4)."""
+"""Folds as the reference builds them (docs/methods.md, 'SSL-ALPNet: folds')."""
 
 import random
 

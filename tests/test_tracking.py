@@ -31,10 +31,10 @@ def template_db(tmp_path_factory) -> Path:
 
 @pytest.fixture(autouse=True)
 def clean_env(monkeypatch, tmp_path):
-    for name in (tracking.PARENT_ENV, tracking.TRACKING_ENV, "MLFLOW_TRACKING_URI", tracking.SPOOL_ENV,
-                 tracking.LIVE_ENV):
+    for name in ("FSMIS_MLFLOW_PARENT_RUN_ID", "FSMIS_TRACKING", "MLFLOW_TRACKING_URI", "FSMIS_MLFLOW_SPOOL",
+                 "FSMIS_MLFLOW_LIVE"):
         monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv(tracking.STRICT_ENV, "1")
+    monkeypatch.setenv("FSMIS_TRACKING_STRICT", "1")
     monkeypatch.setenv("MLFLOW_DISABLE_TELEMETRY", "true")
     monkeypatch.chdir(tmp_path)
 
@@ -82,26 +82,26 @@ def test_config_hash_is_canonical():
 
 def test_uri_resolution(tmp_path, monkeypatch):
     assert tracking.tracking_uri() == "sqlite:///results/mlflow/mlflow.db"
-    uri, db = tracking._resolve(None)
+    uri, db = tracking.store.resolve(None)
     assert db == tmp_path / "results" / "mlflow" / "mlflow.db"
     assert uri == f"sqlite:///{db}"  # absolute: sqlite:////tmp/...
     assert tracking.sqlite_path("sqlite:////abs/x.db") == Path("/abs/x.db")
     assert tracking.artifact_location(db) == (tmp_path / "results" / "mlflow" / "artifacts").as_uri()
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:5000")
-    assert tracking._resolve(None) == ("http://127.0.0.1:5000", None)
+    assert tracking.store.resolve(None) == ("http://127.0.0.1:5000", None)
     for bad in ("file:./mlruns", "./mlruns", "sqlite:relative.db"):
         with pytest.raises(ValueError, match="tracking URI"):
-            tracking._resolve(bad)
+            tracking.store.resolve(bad)
 
 
 def test_bad_env_flag_is_a_configuration_error(monkeypatch):
-    monkeypatch.setenv(tracking.TRACKING_ENV, "maybe")
+    monkeypatch.setenv("FSMIS_TRACKING", "maybe")
     with pytest.raises(ValueError, match="FSMIS_TRACKING"):
         tracking.init_store("exp")
 
 
 def test_retry_only_on_locked_database(monkeypatch):
-    monkeypatch.setattr(tracking, "_RETRY_DELAYS", (0.001, 0.001, 0.001))
+    monkeypatch.setattr(tracking.store, "RETRY_DELAYS", (0.001, 0.001, 0.001))
     calls = []
 
     def flaky():
@@ -110,7 +110,7 @@ def test_retry_only_on_locked_database(monkeypatch):
             raise RuntimeError("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert tracking._retry(flaky) == "ok" and len(calls) == 3
+    assert tracking.store.retry(flaky) == "ok" and len(calls) == 3
 
     def broken():
         calls.append(1)
@@ -118,7 +118,7 @@ def test_retry_only_on_locked_database(monkeypatch):
 
     calls.clear()
     with pytest.raises(RuntimeError, match="no such table"):
-        tracking._retry(broken)
+        tracking.store.retry(broken)
     assert len(calls) == 1
 
 
@@ -127,7 +127,7 @@ def test_retry_only_on_locked_database(monkeypatch):
 
 def test_init_store_is_idempotent(store):
     first = tracking.init_store("demo")
-    tracking._EXPERIMENTS.clear()  # as if a second process called it
+    tracking.store._EXPERIMENTS.clear()  # as if a second process called it
     second = tracking.init_store("demo")
     assert first == second
     rows = _experiment_rows(store, "demo")
@@ -139,9 +139,9 @@ def test_parent_with_two_children_found_by_search(store, tmp_path, monkeypatch, 
     """The same runs whether jobs log directly or record to a spool stored afterwards."""
     spool = tmp_path / "spool"
     if mode == "spool":
-        monkeypatch.setenv(tracking.SPOOL_ENV, str(spool))
+        monkeypatch.setenv("FSMIS_MLFLOW_SPOOL", str(spool))
     parent = tracking.start_parent("demo", tags={"invocation": "abc"})
-    monkeypatch.setenv(tracking.PARENT_ENV, parent)
+    monkeypatch.setenv("FSMIS_MLFLOW_PARENT_RUN_ID", parent)
     config = {"train": {"lr": 1e-3, "steps": 3}, "model": {"name": "panet"}}
     for fold in (0, 1):
         wildcards = {"method": "panet", "setting": "1", "fold": fold}
@@ -185,9 +185,9 @@ def test_parent_with_two_children_found_by_search(store, tmp_path, monkeypatch, 
     # artifacts sit beside the database
     artifacts = store.parent / "artifacts"
     run_dir = next(artifacts.glob(f"{runs['run_id'].iloc[1]}/artifacts"))
-    assert json.loads((run_dir / "metrics.json").read_text()) == {"dice": 0.6}
-    assert (run_dir / "logs" / "train_log1.tsv").read_text() == "step\tloss\n0\t1.0\n"
-    assert (next(artifacts.glob(f"{parent}/artifacts")) / "snakemake" / "snakemake.log").read_text() == "all done\n"
+    assert json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")) == {"dice": 0.6}
+    assert (run_dir / "logs" / "train_log1.tsv").read_text(encoding="utf-8") == "step\tloss\n0\t1.0\n"
+    assert (next(artifacts.glob(f"{parent}/artifacts")) / "snakemake" / "snakemake.log").read_text(encoding="utf-8") == "all done\n"
 
     everything = tracking.search("demo")
     parent_row = everything[everything["run_id"] == parent].iloc[0]
@@ -218,7 +218,7 @@ def test_exception_marks_run_failed_and_propagates(store):
 
 
 def test_tracking_off_writes_nothing(tmp_path, monkeypatch):
-    monkeypatch.setenv(tracking.TRACKING_ENV, "off")
+    monkeypatch.setenv("FSMIS_TRACKING", "off")
     before = sorted(tmp_path.rglob("*"))
     assert tracking.init_store("demo") is None
     assert tracking.start_parent("demo", {"x": 1}) is None
@@ -238,7 +238,7 @@ def test_unreachable_store_warns_unless_strict(tmp_path, monkeypatch, caplog):
     blocker = tmp_path / "not_a_folder"
     blocker.write_text("")
     uri = f"sqlite:///{blocker}/mlflow.db"  # its parent is a file: the store cannot be created
-    monkeypatch.setenv(tracking.STRICT_ENV, "0")
+    monkeypatch.setenv("FSMIS_TRACKING_STRICT", "0")
     ran = False
     with caplog.at_level(logging.WARNING, logger="fsmis.tracking"):
         with tracking.job_run("train", "demo", params={"a": 1}, tags={}, uri=uri) as run:
@@ -292,7 +292,7 @@ def test_parallel_jobs_on_a_fresh_store_lose_nothing(tmp_path):
 
 def test_spooled_run_of_a_killed_job_is_stored_as_killed(store, tmp_path, monkeypatch):
     spool = tmp_path / "spool"
-    monkeypatch.setenv(tracking.SPOOL_ENV, str(spool))
+    monkeypatch.setenv("FSMIS_MLFLOW_SPOOL", str(spool))
     cm = tracking.job_run("train", "demo", params={"a": 1}, tags={"wildcards": {"fold": 3}})
     run = cm.__enter__()  # never exited: the process died mid-job
     run.log_metrics({"loss": 0.5}, step=10)
@@ -311,12 +311,12 @@ def test_spooled_run_of_a_killed_job_is_stored_as_killed(store, tmp_path, monkey
 
 def test_spool_record_that_cannot_be_stored_is_kept(tmp_path, monkeypatch, caplog):
     spool = tmp_path / "spool"
-    monkeypatch.setenv(tracking.SPOOL_ENV, str(spool))
+    monkeypatch.setenv("FSMIS_MLFLOW_SPOOL", str(spool))
     monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'nodir' / 'x.db'}")
     with tracking.job_run("train", "demo", params={}, tags={}) as run:
         run.log_metrics({"loss": 1.0})
     (tmp_path / "nodir").write_text("a file where the store's folder should be")
-    monkeypatch.setenv(tracking.STRICT_ENV, "0")
+    monkeypatch.setenv("FSMIS_TRACKING_STRICT", "0")
     with caplog.at_level(logging.WARNING, logger="fsmis.tracking"):
         assert tracking.flush_spool(spool) == 0
     assert "storing the recorded run" in caplog.text
@@ -334,11 +334,11 @@ def test_flatten_makes_keys_mlflow_accepts(store):
 
 def test_a_spooled_run_whose_logging_fails_is_stored_once_and_closed(store, tmp_path, monkeypatch):
     spool = tmp_path / "spool"
-    monkeypatch.setenv(tracking.SPOOL_ENV, str(spool))
+    monkeypatch.setenv("FSMIS_MLFLOW_SPOOL", str(spool))
     with tracking.job_run("evaluate", "demo", params={}, tags={}) as run:
         run.log_metrics({"oracle/mean_dice": 0.5})
         run._write({"type": "params", "items": {"bad+key": "1"}})  # refused by MLflow
-    monkeypatch.setenv(tracking.STRICT_ENV, "0")
+    monkeypatch.setenv("FSMIS_TRACKING_STRICT", "0")
     assert tracking.flush_spool(spool) == 1
     assert tracking.flush_spool(spool) == 0  # nothing left to store again
     runs = tracking.search("demo")

@@ -1,8 +1,11 @@
-"""The pretrained-weights downloader against a fake server on 127.0.0.1 (tests/fake_zenodo.py)."""
+"""The pretrained-weights downloader against a fake server on 127.0.0.1 (tests/fake_zenodo.py).
+
+The table, the sha256 and the state-dict check; resume, retries and the sidecar rules
+themselves are tested in test_download.py.
+"""
 
 import hashlib
 import io
-import logging
 import os
 
 import pytest
@@ -63,61 +66,24 @@ def test_download_is_verified_and_loadable(server, tmp_path):
     path = fetch("tiny_coco", tmp_path / "weights", **FAST)
     assert path == tmp_path / "weights" / server.file
     assert path.read_bytes() == STATE
-    assert (tmp_path / "weights" / f"{server.file}.sha256").read_text() == f"{SHA}  {server.file}\n"
+    assert (tmp_path / "weights" / f"{server.file}.sha256").read_text(encoding="utf-8") == f"{SHA}  {server.file}\n"
     assert sorted(os.listdir(tmp_path / "weights")) == [server.file, f"{server.file}.sha256"]
     assert server.ranges(server.file) == [None]
     state = torch.load(path, map_location="cpu", weights_only=True)
     assert "backbone.conv1.weight" in state
 
 
-def test_rerun_downloads_nothing(server, tmp_path):
+def test_rerun_downloads_nothing_and_checks_a_file_without_sidecar(server, tmp_path, monkeypatch):
     for _ in range(2):
         fetch("tiny_coco", tmp_path, **FAST)
     assert server.count(server.file) == 1
-    # without the sidecar the file is re-verified by its sha256, still not downloaded
+    # without the sidecar the file is verified by its sha256 and loaded, still not downloaded
     (tmp_path / f"{server.file}.sha256").unlink()
+    loaded = []
+    monkeypatch.setattr(weights, "check_state_dict", lambda path, report_as=None: loaded.append(path))
     fetch("tiny_coco", tmp_path, **FAST)
-    assert server.count(server.file) == 1
+    assert server.count(server.file) == 1 and loaded == [tmp_path / server.file]
     assert (tmp_path / f"{server.file}.sha256").exists()
-
-
-def test_replaced_file_is_downloaded_again(server, tmp_path):
-    fetch("tiny_coco", tmp_path, **FAST)
-    (tmp_path / server.file).write_bytes(b"not the weights")
-    later = (tmp_path / f"{server.file}.sha256").stat().st_mtime_ns + 10**9
-    os.utime(tmp_path / server.file, ns=(later, later))  # newer than the sidecar (timestamps are coarse)
-    path = fetch("tiny_coco", tmp_path, **FAST)
-    assert path.read_bytes() == STATE
-    assert server.count(server.file) == 2
-
-
-def test_truncated_transfer_is_resumed(server, tmp_path, caplog):
-    caplog.set_level(logging.INFO, logger="fsmis.data")
-    server.truncate_next(server.file, after_bytes=50_000)
-    path = fetch("tiny_coco", tmp_path, progress_s=0, **FAST)
-    assert server.ranges(server.file) == [None, "bytes=50000-"]
-    assert server.requests[-1].status == 206
-    assert server.requests[-1].bytes_sent == len(STATE) - 50_000
-    assert path.read_bytes() == STATE
-    # the size came from Content-Length, so progress shows the total
-    total_mb = f"{len(STATE) / 1e6:.1f} MB (100.0%)"
-    assert any(total_mb in r.getMessage() for r in caplog.records)
-
-
-def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
-    (tmp_path / f"{server.file}.part").write_bytes(STATE[:1234])
-    path = fetch("tiny_coco", tmp_path, **FAST)
-    assert server.ranges(server.file) == ["bytes=1234-"]
-    assert path.read_bytes() == STATE
-
-
-def test_complete_partial_file_is_not_fetched_again(server, tmp_path):
-    # an earlier run stopped after the transfer, before the rename: the server answers
-    # 416 with the total size, which shows the .part is complete
-    (tmp_path / f"{server.file}.part").write_bytes(STATE)
-    path = fetch("tiny_coco", tmp_path, **FAST)
-    assert [s.status for s in server.requests] == [416]
-    assert path.read_bytes() == STATE
 
 
 def test_server_error_is_retried_then_fails_clearly(server, tmp_path):

@@ -1,4 +1,8 @@
-"""The Zenodo downloader against a fake Zenodo on 127.0.0.1 (tests/fake_zenodo.py)."""
+"""The Zenodo downloader against a fake Zenodo on 127.0.0.1 (tests/fake_zenodo.py).
+
+The record API and what this module hands the download core; resume, retries and the
+digest rule themselves are tested in test_download.py.
+"""
 
 import hashlib
 import logging
@@ -38,64 +42,19 @@ def test_api_base_from_environment_and_links_content(monkeypatch):
         assert server.record_count(7) == 1
 
 
-def test_download_verifies_and_writes_sidecar(server, tmp_path):
-    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path / "raw", api_base=server.api_base, **FAST)
-    assert path == tmp_path / "raw" / "CHAOS_Train_Sets.zip"
-    assert path.read_bytes() == PAYLOAD
-    assert (tmp_path / "raw" / "CHAOS_Train_Sets.zip.md5").read_text().split()[0] == MD5
-    assert not (tmp_path / "raw" / "CHAOS_Train_Sets.zip.part").exists()
-    assert server.ranges("CHAOS_Train_Sets.zip") == [None]
+def test_download_verifies_by_the_records_size_and_md5(server, tmp_path):
+    def fetch():
+        return download(3431873, "CHAOS_Train_Sets.zip", tmp_path / "raw", api_base=server.api_base, **FAST)
 
-
-def test_rerun_does_not_download_again(server, tmp_path):
-    for _ in range(2):
-        download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, **FAST)
-    assert server.count("CHAOS_Train_Sets.zip") == 1
-    # without the sidecar the file is re-verified by its md5, still not downloaded
-    (tmp_path / "CHAOS_Train_Sets.zip.md5").unlink()
-    download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, **FAST)
-    assert server.count("CHAOS_Train_Sets.zip") == 1
-    assert (tmp_path / "CHAOS_Train_Sets.zip.md5").exists()
-
-
-def test_file_of_wrong_size_is_downloaded_again(server, tmp_path):
-    download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, **FAST)
-    (tmp_path / "CHAOS_Train_Sets.zip").write_bytes(PAYLOAD[:1000])
-    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, **FAST)
-    assert path.read_bytes() == PAYLOAD
+    path = fetch()
+    assert path == tmp_path / "raw" / "CHAOS_Train_Sets.zip" and path.read_bytes() == PAYLOAD
+    assert (tmp_path / "raw" / "CHAOS_Train_Sets.zip.md5").read_text(encoding="utf-8") == f"{MD5}  CHAOS_Train_Sets.zip\n"
+    assert sorted(os.listdir(tmp_path / "raw")) == ["CHAOS_Train_Sets.zip", "CHAOS_Train_Sets.zip.md5"]
+    fetch()
+    assert server.count("CHAOS_Train_Sets.zip") == 1  # the rerun found file, sidecar and md5
+    path.write_bytes(PAYLOAD[:1000])  # not the record's size: fetched again despite the sidecar
+    assert fetch().read_bytes() == PAYLOAD
     assert server.count("CHAOS_Train_Sets.zip") == 2
-
-
-def test_truncated_transfer_is_resumed_with_range(server, tmp_path):
-    server.truncate_next("CHAOS_Train_Sets.zip", after_bytes=100_000)
-    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, **FAST)
-    assert server.ranges("CHAOS_Train_Sets.zip") == [None, "bytes=100000-"]
-    assert server.requests[-1].status == 206
-    assert server.requests[-1].bytes_sent == len(PAYLOAD) - 100_000
-    assert path.read_bytes() == PAYLOAD
-
-
-def test_partial_file_from_an_earlier_run_is_resumed(server, tmp_path):
-    (tmp_path / "CHAOS_Train_Sets.zip.part").write_bytes(PAYLOAD[:12345])
-    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, **FAST)
-    assert server.ranges("CHAOS_Train_Sets.zip") == ["bytes=12345-"]
-    assert path.read_bytes() == PAYLOAD
-
-
-def test_server_ignoring_range_restarts_from_zero(server, tmp_path):
-    server.truncate_next("CHAOS_Train_Sets.zip", after_bytes=100_000)
-    server.ignore_range("CHAOS_Train_Sets.zip")
-    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, **FAST)
-    assert server.ranges("CHAOS_Train_Sets.zip") == [None, "bytes=100000-"]
-    assert server.requests[-1].status == 200
-    assert path.read_bytes() == PAYLOAD
-
-
-def test_server_error_is_retried(server, tmp_path):
-    server.fail_next("CHAOS_Train_Sets.zip", n=2, status=503)
-    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, **FAST)
-    assert [s.status for s in server.requests if s.name] == [503, 503, 200]
-    assert path.read_bytes() == PAYLOAD
 
 
 def test_permanent_server_error_fails_clearly(server, tmp_path):
@@ -106,61 +65,16 @@ def test_permanent_server_error_fails_clearly(server, tmp_path):
     assert not (tmp_path / "CHAOS_Train_Sets.zip").exists()
 
 
-@pytest.fixture
-def sleeps(monkeypatch):
-    """Record the pauses the downloader asks for instead of sleeping them."""
-    slept = []
-    monkeypatch.setattr(zenodo.time, "sleep", slept.append)
-    return slept
-
-
-def test_checksum_mismatch_is_retried_once_then_fails_naming_file_and_both_md5s(server, tmp_path, sleeps):
+def test_checksum_mismatch_fails_naming_file_and_both_md5s(server, tmp_path):
     server.corrupt("CHAOS_Train_Sets.zip")  # always
-    # default retries and back-off: the md5 rule must not fall back on the transient one
     with pytest.raises(ChecksumError) as info:
-        download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, timeout_s=5)
+        download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, **FAST)
     bad = hashlib.md5(bytes([PAYLOAD[0] ^ 0xFF]) + PAYLOAD[1:]).hexdigest()
-    message = str(info.value)
-    assert "CHAOS_Train_Sets.zip" in message and MD5 in message and bad in message
-    assert "after 2 complete downloads" in message
+    final = tmp_path / "CHAOS_Train_Sets.zip"
+    assert str(info.value).startswith(f"{final}: md5 mismatch: expected {MD5}, got {bad}")
+    assert "after 2 complete downloads" in str(info.value)  # the one fresh retry
     assert (info.value.expected, info.value.actual) == (MD5, bad)
-    # both transfers complete and from zero: one retry, not the transient budget of 5
-    assert server.ranges("CHAOS_Train_Sets.zip") == [None, None]
-    assert all(s.bytes_sent == len(PAYLOAD) for s in server.requests if s.name)
-    assert sleeps == []  # retried at once, no back-off
-    assert sorted(os.listdir(tmp_path)) == []  # no final file, no .part, no sidecar
-
-
-def test_checksum_mismatch_once_is_retried_from_zero(server, tmp_path, sleeps):
-    server.corrupt("CHAOS_Train_Sets.zip", times=1)
-    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, timeout_s=5)
-    assert server.ranges("CHAOS_Train_Sets.zip") == [None, None]
-    assert path.read_bytes() == PAYLOAD
-    assert zenodo.file_digest(path) == MD5
-    assert (tmp_path / "CHAOS_Train_Sets.zip.md5").read_text().split()[0] == MD5
-    assert sorted(os.listdir(tmp_path)) == ["CHAOS_Train_Sets.zip", "CHAOS_Train_Sets.zip.md5"]
-    assert sleeps == []
-
-
-def test_md5_retry_and_transient_retries_are_separate_budgets(server, tmp_path, sleeps):
-    # The first transfer breaks after a corrupt prefix and is resumed (the one transient
-    # retry allowed); the resumed file fails its md5, so the fresh download from zero
-    # (the md5 retry) follows, which has its own transient budget and no pause.
-    server.corrupt("CHAOS_Train_Sets.zip", times=1)
-    server.truncate_next("CHAOS_Train_Sets.zip", after_bytes=100_000)
-    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base,
-                    retries=1, backoff_s=0.5, timeout_s=5)
-    assert server.ranges("CHAOS_Train_Sets.zip") == [None, "bytes=100000-", None]
-    assert path.read_bytes() == PAYLOAD
-    assert sleeps == [0.5]  # the transient retry's back-off only
-
-
-def test_transient_retries_are_unchanged(server, tmp_path, sleeps):
-    server.fail_next("CHAOS_Train_Sets.zip", n=100, status=503)
-    with pytest.raises(ZenodoError, match=r"failed after 6 attempts.*HTTP 503"):
-        download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, timeout_s=5)
-    assert server.count("CHAOS_Train_Sets.zip") == 6
-    assert sleeps == [2.0, 4.0, 8.0, 16.0, 32.0]  # the default back-off, in full
+    assert os.listdir(tmp_path) == []  # no final file, no .part, no sidecar
 
 
 def test_missing_file_name_lists_the_record(server, tmp_path):

@@ -32,6 +32,7 @@ from typing import Sequence
 import pandas as pd
 
 from fsmis import tracking
+from fsmis.settings import SETTINGS
 
 
 def store_uri(store: str | None) -> str | None:
@@ -130,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--store", help="SQLite file or tracking URI (default: MLFLOW_TRACKING_URI, else "
                                         "results/mlflow/mlflow.db)")
     parser.add_argument("--metric", default="mean_dice", help="e.g. mean_dice, dice_liver (default mean_dice)")
-    parser.add_argument("--setting", help="only this setting (1, 2, 2all); default: all, one line each")
+    parser.add_argument("--setting", help=f"only this setting ({', '.join(SETTINGS)}); default: all, one line each")
     parser.add_argument("--protocol", default="oracle", help="oracle (default) or full")
     parser.add_argument("--format", choices=["text", "markdown", "csv"], default="text")
     args = parser.parse_args(argv)

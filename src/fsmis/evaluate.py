@@ -31,7 +31,7 @@ both for every query slice and class. ``ModelPredictor.encoded`` counts the slic
 encoded and ``support_states`` the support states computed, for benchmarks.
 
 ``amp`` (``evaluate.amp``; off unless set): the encoder runs under autocast (bf16 on
-a CPU, bf16/fp16 on CUDA, see ``fsmis.train.amp_dtype``) and hands float32
+a CPU, bf16/fp16 on CUDA, see ``fsmis.precision.amp_dtype``) and hands float32
 features to the method's head; without it predictions are those of float32.
 """
 
@@ -47,7 +47,7 @@ from fsmis import metrics as M
 from fsmis.protocols import PROTOCOLS, chunk_of, extent, query_plan, support_slices  # noqa: F401 (re-exported)
 from fsmis.data.episodes import tile3
 from fsmis.models.prototypes import foreground, resize_mask
-from fsmis.train import amp_dtype, autocast_encoder
+from fsmis.precision import amp_dtype, autocast_encoder
 
 log = logging.getLogger(__name__)
 

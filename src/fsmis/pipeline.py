@@ -15,7 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from fsmis import io
+from fsmis import io, paths
+from fsmis.contracts import ClassMap, Metrics, ModelMeta, Splits
 from fsmis.labels import class_id
 
 log = logging.getLogger(__name__)
@@ -48,14 +49,14 @@ def _set_threads(threads: int) -> None:
     torch.set_num_threads(max(1, min(int(threads), os.cpu_count() or 1)))
 
 
-def data_paths(data_dir: str | Path, case: str) -> dict:
-    d = Path(data_dir)
-    return {
-        "canonical_image": d / "canonical" / f"{case}_image.nii.gz",
-        "image": d / "preprocessed" / f"{case}_image.nii.gz",
-        "label": d / "preprocessed" / f"{case}_label.nii.gz",
-        "superpixels": d / "superpixels" / f"{case}.nii.gz",
-    }
+def _of(files: dict, case: str, what: str) -> str:
+    """The declared file of ``case`` among a job's per-case inputs ``{case: path}``: a
+    job reads only what its rule declares, so a case missing there is a workflow bug,
+    not a file to look for elsewhere."""
+    try:
+        return files[case]
+    except KeyError:
+        raise ValueError(f"no {what} file given for case {case!r} (given: {', '.join(files) or 'none'})") from None
 
 
 def _array(path) -> np.ndarray:
@@ -66,16 +67,19 @@ def _array(path) -> np.ndarray:
 
 # -- data stages ---------------------------------------------------------------------
 
-def generate_phantom(dataset: dict, out_dir: str, cases: list[str], tracking: dict) -> None:
-    from fsmis.data import phantom
+def generate(dataset: dict, out_dir: str, cases: list[str], tracking: dict) -> None:
+    """Write a generated dataset (source kind ``generated``, e.g. the phantom) into
+    ``out_dir`` with its adapter's ``generate``: ``{case}_image/_label.nii.gz``."""
+    from fsmis.data import adapters
 
+    name = dataset["name"]
     t0 = time.perf_counter()
     with _job("fetch", tracking, {"dataset": dataset}) as run:
-        written = phantom.write_dataset(out_dir, n_cases=len(cases), seed=dataset.get("phantom_seed", 0))
+        written = adapters.get(name).generate(dataset, out_dir, list(cases))
         if list(written) != list(cases):
-            raise RuntimeError(f"phantom wrote cases {written}, workflow expected {cases}")
+            raise RuntimeError(f"{name} wrote cases {written}, workflow expected {cases}")
         run.log_metrics({"n_cases": len(written), "seconds": time.perf_counter() - t0})
-        log.info("generated %d phantom cases in %s (%.1f s)", len(written), out_dir, time.perf_counter() - t0)
+        log.info("generated %d %s cases in %s (%.1f s)", len(written), name, out_dir, time.perf_counter() - t0)
 
 
 def fetch_weights(name: str, out: str, tracking: dict) -> None:
@@ -147,8 +151,7 @@ def inventory(dataset: dict, raw_dir: str, cases: list[str], out: str, tracking:
 
 def canonical(dataset: dict, raw_dir: str, out_dir: str, cases: list[str], cases_tsv: str, tracking: dict) -> None:
     """Validated canonical pairs of ``cases`` (the workflow runs one job per case) and
-    their rows of ``cases.tsv``. The phantom's raw files are already
-    ``{case}_image/_label.nii.gz`` pairs; other datasets go through their adapter
+    their rows of ``cases.tsv``. The pairs come from the dataset's adapter
     (``fsmis.data.adapters``), which may convert (CHAOS DICOM + PNG) into a work folder
     that is removed afterwards."""
     import shutil
@@ -162,11 +165,7 @@ def canonical(dataset: dict, raw_dir: str, out_dir: str, cases: list[str], cases
     with _job("canonical", tracking, {"dataset": dataset}) as run:
         work = Path(tempfile.mkdtemp(prefix=".work-", dir=Path(out_dir).parent))
         try:
-            if dataset["name"] == "phantom":
-                pairs = [(c, str(Path(raw_dir) / f"{c}_image.nii.gz"), str(Path(raw_dir) / f"{c}_label.nii.gz"))
-                         for c in cases]
-            else:
-                pairs = adapters.get(dataset["name"]).pairs(dataset, raw_dir, work, cases)
+            pairs = adapters.get(dataset["name"]).pairs(dataset, raw_dir, work, cases)
             claims = adapters.modality_claims(dataset, cases)
             table = C.build(pairs, out_dir, facts["label_map"], {c: m for c, (m, _, _) in claims.items()},
                             claims={c: where for c, (_, where, own) in claims.items() if not own})
@@ -223,7 +222,7 @@ def classmap(label_paths: dict, out: str, tracking: dict) -> None:
     with _job("classmap", tracking, {"n_cases": len(label_paths)}) as run:
         labels = {case: _array(p) for case, p in label_paths.items()}
         index = P.slice_index(labels, {k: v for k, v in CLASSES.items() if k != "background"})
-        io.write_json(index, out)
+        ClassMap.from_json(index, out).write(out)
         run.log_metrics({f"slices_{k}": sum(len(v) for v in d.values()) for k, d in index.items()})
 
 
@@ -252,7 +251,7 @@ def splits(cases_tsv: str, n_folds: int, out: str, tracking: dict) -> None:
     with _job("splits", tracking, {"n_folds": n_folds}) as run:
         cases = pd.read_csv(cases_tsv, sep="\t")["case"].astype(str).tolist()
         folds = S.make_folds(cases, n_folds)
-        io.write_json(folds, out)
+        Splits.from_json(folds, out).write(out)
         run.log_metrics({"n_cases": len(cases), "n_folds": n_folds})
         run.log_artifact(out)
 
@@ -280,15 +279,18 @@ def _train_meta(method: str, setting: str, fold: int, group: str, config: dict) 
                                          **relevant})}
 
 
-def train(method: str, setting: str, fold: int, config: dict, splits_json: str, data_dir: str, classmap_json: str,
-          model_out: str, log_out: str, threads: int, tracking: dict, group: str = "all") -> None:
+def train(method: str, setting: str, fold: int, config: dict, splits_json: str, classmap_json: str,
+          images: dict[str, str], superpixels: dict[str, str], model_out: str, log_out: str, threads: int,
+          tracking: dict, group: str = "all") -> None:
     """Train one model: ``method`` for ``fold`` under ``setting``, tested later on the
-    classes of ``group`` (``fsmis.settings``: "all" unless setting 2)."""
+    classes of ``group`` (``fsmis.settings``: "all" unless setting 2). ``images`` and
+    ``superpixels``: ``{case: path}`` of the preprocessed scans and their superpixels
+    (at least the fold's training cases)."""
     import pandas as pd
     import torch
 
-    from fsmis import checkpoint as ckpt
     from fsmis import train as T
+    from fsmis.precision import amp_dtype, pick_device
     from fsmis.data import adapters, normalize
     from fsmis.data.episodes import SuperpixelEpisodes
     from fsmis.models import registry
@@ -300,82 +302,89 @@ def train(method: str, setting: str, fold: int, config: dict, splits_json: str, 
     if group not in groups:
         raise ValueError(f"setting {setting}: no label group {group!r}; groups: {', '.join(groups)}")
     facts = adapters.facts(config["dataset"])
-    split = io.read_json(splits_json)["folds"][int(fold)]
-    modality_of = adapters.case_modalities(config["dataset"], split["train"])
-    meta = _train_meta(method, setting, int(fold), group, config)
-    meta["test_classes"] = groups[group]
+    train_cases = list(Splits.read(splits_json).fold(int(fold)).train)
+    modality_of = adapters.case_modalities(config["dataset"], train_cases)
+    base = _train_meta(method, setting, int(fold), group, config)
     seed = int(config["seed"]) + 1000 * int(fold)
-    excluded = S.excluded_slices(setting, groups[group], io.read_json(classmap_json), split["train"])
+    excluded = S.excluded_slices(setting, groups[group], ClassMap.read(classmap_json).slices, train_cases)
     params = {"method": method, "setting": setting, "fold": fold, "group": group, "test_classes": groups[group],
-              "seed": seed, "model": config["model"], "method_params": meta["method_params"],
-              "train": config["train"], "train_cases": split["train"]}
+              "seed": seed, "model": config["model"], "method_params": base["method_params"],
+              "train": config["train"], "train_cases": train_cases}
     with _job("train", tracking, params) as run:
-        images = [_array(data_paths(data_dir, c)["image"]) for c in split["train"]]
-        modalities = [modality_of[c] for c in split["train"]]
+        volumes = [_array(_of(images, c, "image")) for c in train_cases]
+        modalities = [modality_of[c] for c in train_cases]
         # CT: one global z-score from the fold's CT training scans (the reference's);
         # MR scans are normalised each by itself
-        ct = [v for v, m in zip(images, modalities) if m == "CT"]
+        ct = [v for v, m in zip(volumes, modalities) if m == "CT"]
         stats = normalize.ct_statistics(ct) if ct else None
-        meta["norm"] = stats
-        meta["modality"] = facts["modality"]
+        # checked against the model.pt contract before hours of training, not after
+        meta = ModelMeta.from_json({**base, "test_classes": groups[group], "norm": stats,
+                                    "modality": facts["modality"]}, model_out)
         torch.manual_seed(seed)
-        model = registry.build(meta["architecture"], config["model"], meta["method_params"])
+        model = registry.build(meta.architecture, config["model"], meta.method_params)
         if method == "untrained":
             io.write_tsv(pd.DataFrame(columns=T.LOG_COLUMNS), log_out)
-            ckpt.save({"state_dict": model.state_dict(), "step": 0, "meta": meta}, model_out)
+            meta.write(model_out, model.state_dict(), step=0)
             run.log_metrics({"steps": 0})
-            log.info("untrained baseline: saved the initial weights of %s", meta["architecture"])
+            log.info("untrained baseline: saved the initial weights of %s", meta.architecture)
             return
-        normed = [normalize.normalize(v, m, stats) for v, m in zip(images, modalities)]
-        sps = [_array(data_paths(data_dir, c)["superpixels"]) for c in split["train"]]
-        dropped = {(vi, z) for vi, case in enumerate(split["train"]) for z in excluded[case]}
+        normed = [normalize.normalize(v, m, stats) for v, m in zip(volumes, modalities)]
+        sps = [_array(_of(superpixels, c, "superpixels")) for c in train_cases]
+        dropped = {(vi, z) for vi, case in enumerate(train_cases) for z in excluded[case]}
         episodes = SuperpixelEpisodes(normed, sps, config["train"]["augment"], seed=seed, excluded=dropped,
                                       sampling=config["train"].get("superpixel_sampling", "uniform"))
         run.log_metrics({"train_slices": len(episodes), "excluded_slices": len(dropped)})
-        device = T.pick_device()
+        device = pick_device()
         train_cfg = dict(config["train"])
         if config["model"].get("channels_last"):
             train_cfg["channels_last"] = True
         log.info("training %s fold %s (setting %s, group %s) on %d slices of %d scans (%d excluded), "
-                 "device %s, %d threads, amp %s", method, fold, setting, group, len(episodes), len(images),
-                 len(dropped), device, threads, T.amp_dtype(train_cfg.get("amp", False), device) or "off")
-        summary = T.train(model, episodes, train_cfg, model_out, log_out, meta, device=device, tracker=run)
+                 "device %s, %d threads, amp %s", method, fold, setting, group, len(episodes), len(volumes),
+                 len(dropped), device, threads, amp_dtype(train_cfg.get("amp", False), device) or "off")
+        summary = T.train(model, episodes, train_cfg, model_out, log_out, meta.to_json(), device=device,
+                          tracker=run)
         run.log_metrics({"train_seconds": summary["seconds"], "final_loss": summary["final_loss"]})
         run.log_artifact(log_out)
 
 
 # -- evaluation ----------------------------------------------------------------------
 
-def _load_scan(data_dir, case, modality, stats, need_image=True):
+def _load_scan(case, image_path, label_path, modality, stats, need_image=True):
     import SimpleITK as sitk
 
     from fsmis.data import normalize
     from fsmis.evaluate import Scan
 
-    paths = data_paths(data_dir, case)
-    lab_img = io.read_image(paths["label"])
+    lab_img = io.read_image(label_path)
     label = sitk.GetArrayFromImage(lab_img)
-    image = normalize.normalize(_array(paths["image"]), modality, stats) if need_image else None
+    image = normalize.normalize(_array(image_path), modality, stats) if need_image else None
     sx, sy, sz = lab_img.GetSpacing()
     return Scan(case, image, label, (sz, sy, sx)), lab_img
 
 
-def supports_by_class(split: dict, classmap: dict, names, policy: str = "flag") -> dict[str, str]:
+def supports_by_class(split, classmap: dict, names, policy: str = "flag") -> dict[str, str]:
     """``{class: support case}`` of one fold: the fold's support scan, except under
     ``evaluate.missing_support: next_scan`` for a class that scan lacks, which takes the
     next eligible scan (``fsmis.protocols.next_support``; logged). Under ``flag`` a
-    lacking class keeps the fold's support and is flagged by the evaluation."""
+    lacking class keeps the fold's support and is flagged by the evaluation. ``split``:
+    a ``fsmis.contracts.Fold`` or a dict with its ``test``, ``support``, ``train``;
+    ``classmap``: ``ClassMap.slices``."""
+    from fsmis.contracts import Fold
     from fsmis.data.splits import natural_key
     from fsmis.protocols import next_support
 
     if policy not in ("flag", "next_scan"):
         raise ValueError(f"evaluate.missing_support must be flag or next_scan, got {policy!r}")
-    ordered = sorted({*split["train"], split["support"], *split["test"]}, key=natural_key)
+    if isinstance(split, Fold):
+        test, support, train = list(split.test), split.support, list(split.train)
+    else:
+        test, support, train = list(split["test"]), split["support"], list(split["train"])
+    ordered = sorted({*train, support, *test}, key=natural_key)
     out = {}
     for name in names:
-        case, slices = split["support"], classmap.get(name, {})
+        case, slices = support, classmap.get(name, {})
         if not slices.get(case) and policy == "next_scan":
-            alt = next_support(case, ordered, split["test"], lambda c: bool(slices.get(c)))
+            alt = next_support(case, ordered, test, lambda c: bool(slices.get(c)))
             if alt is None:
                 log.warning("class %s: absent from support scan %s and from every other non-test scan; "
                             "flagged support_missing", name, case)
@@ -387,48 +396,55 @@ def supports_by_class(split: dict, classmap: dict, names, policy: str = "flag") 
     return out
 
 
-def write_source_grid(vol: np.ndarray, geometry, case: str, data_dir, cases_table, out_path) -> None:
+def write_source_grid(vol: np.ndarray, geometry, canonical_image: str, orientation_source: str, out_path) -> None:
     """One prediction put back on the raw file's grid and axis order (nearest neighbour;
-    ``fsmis.data.canonical.to_source_grid``)."""
+    ``fsmis.data.canonical.to_source_grid``), from the case's canonical image and its
+    ``orientation_source`` in ``cases.tsv``."""
     import SimpleITK as sitk
 
     from fsmis.data import canonical as C
 
     img = sitk.GetImageFromArray(vol)
     img.CopyInformation(geometry)
-    canon = io.read_image(data_paths(data_dir, case)["canonical_image"])
-    io.write_image(C.to_source_grid(img, canon, str(cases_table.loc[case, "orientation_source"])), out_path)
+    canon = io.read_image(canonical_image)
+    io.write_image(C.to_source_grid(img, canon, str(orientation_source)), out_path)
 
 
-def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: str, data_dir: str, classmap_json: str,
-             models: dict[str, str] | None, pred_dir: str, per_case_out: str, metrics_out: str, threads: int,
-             tracking: dict, source_grid: bool = False, cases_tsv: str | None = None) -> None:
+def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: str, classmap_json: str,
+             images: dict[str, str], labels: dict[str, str], models: dict[str, str] | None, pred_dir: str,
+             per_case_out: str, metrics_out: str, threads: int, tracking: dict, source_grid: bool = False,
+             cases_tsv: str | None = None, canonical: dict[str, str] | None = None) -> None:
     """Evaluate one method on one fold under every configured protocol. ``models`` maps
     each label group of the setting to its model.pt (None for mask_transfer): each
-    class is segmented by the model of its group. ``source_grid``: also write each
-    prediction on the raw file's grid (needs ``cases_tsv`` and the canonical images)."""
+    class is segmented by the model of its group. ``images``/``labels``: ``{case: path}``
+    of the preprocessed scans (at least the fold's test and support cases).
+    ``source_grid``: also write each prediction on the raw file's grid (needs
+    ``cases_tsv`` and ``canonical``, ``{case: canonical image}``). Predictions go into
+    ``pred_dir`` under the names of ``fsmis.paths.prediction``."""
     import pandas as pd
     import SimpleITK as sitk
 
-    from fsmis import checkpoint as ckpt
     from fsmis import evaluate as E
     from fsmis.data import adapters
     from fsmis.models import registry
-    from fsmis.train import pick_device
+    from fsmis.precision import pick_device
 
     _set_threads(threads)
     groups = _groups(config, setting)
     names = [n for classes in groups.values() for n in classes]
-    split = io.read_json(splits_json)["folds"][int(fold)]
+    split = Splits.read(splits_json).fold(int(fold))
+    test_cases = list(split.test)
     n_parts = int(config["evaluate"]["n_parts"])
     protocols = list(config["evaluate"]["protocols"])
     if models is not None and set(models) != set(groups):
         raise ValueError(f"setting {setting} needs models for groups {list(groups)}, got {list(models)}")
-    support_of = supports_by_class(split, io.read_json(classmap_json), names,
+    if source_grid and (cases_tsv is None or canonical is None):
+        raise ValueError("source_grid needs cases_tsv and the canonical images")
+    support_of = supports_by_class(split, ClassMap.read(classmap_json).slices, names,
                                    config["evaluate"].get("missing_support", "flag"))
-    modalities = adapters.case_modalities(config["dataset"], sorted({*support_of.values(), *split["test"]}))
+    modalities = adapters.case_modalities(config["dataset"], sorted({*support_of.values(), *test_cases}))
     params = {"method": method, "setting": setting, "fold": fold, "protocols": protocols, "n_parts": n_parts,
-              "groups": groups, "support": split["support"], "test_cases": split["test"]}
+              "groups": groups, "support": split.support, "test_cases": test_cases}
     with _job("evaluate", tracking, params) as run:
         run.set_tags({"setting": setting, "protocols": ",".join(protocols)})
         t0 = time.perf_counter()
@@ -438,20 +454,20 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
             if models is None:  # mask_transfer: no network, no image needed
                 predictor, stats, need_image = E.MaskTransferPredictor(), None, False
             else:
-                state = ckpt.load(models[group])
-                meta = state["meta"]
-                model = registry.build(meta["architecture"], meta["model"], meta["method_params"])
-                model.load_state_dict(state["state_dict"])
+                meta, state_dict = ModelMeta.load(models[group])
+                model = registry.build(meta.architecture, meta.model, meta.method_params)
+                model.load_state_dict(state_dict)
                 predictor = E.ModelPredictor(model, pick_device(), amp=config["evaluate"].get("amp", False),
                                              channels_last=bool(config["model"].get("channels_last", False)))
-                stats, need_image = meta.get("norm"), True
+                stats, need_image = meta.norm, True
             # the groups' models of one fold share their normalisation: read each scan once
             key = (json.dumps(stats, sort_keys=True), need_image)
             if key not in loaded:
-                loaded[key] = {c: _load_scan(data_dir, c, modalities[c], stats, need_image) for c in modalities}
+                loaded[key] = {c: _load_scan(c, _of(images, c, "image"), _of(labels, c, "label"), modalities[c],
+                                             stats, need_image) for c in modalities}
             support = {name: loaded[key][support_of[name]][0] for name in classes}
-            queries = [loaded[key][c][0] for c in split["test"]]
-            geometry.update({c: loaded[key][c][1] for c in split["test"]})
+            queries = [loaded[key][c][0] for c in test_cases]
+            geometry.update({c: loaded[key][c][1] for c in test_cases})
             group_rows, preds = E.evaluate_scans(
                 predictor, support, queries, {n: class_id(n) for n in classes}, protocols, n_parts=n_parts,
                 nsd_tolerance_mm=float(config["evaluate"].get("nsd_tolerance_mm", 2.0)))
@@ -466,20 +482,19 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
             for case, vol in by_case.items():
                 img = sitk.GetImageFromArray(vol)
                 img.CopyInformation(geometry[case])
-                # oracle predictions keep the plain name; other protocols get a suffix
-                suffix = "" if protocol == "oracle" else f"_{protocol}"
-                io.write_image(img, Path(pred_dir) / f"{case}{suffix}.nii.gz")
+                io.write_image(img, paths.prediction(pred_dir, case, protocol))
                 if source_grid:
-                    write_source_grid(vol, geometry[case], case, data_dir, cases_table,
-                                      Path(pred_dir) / "source_grid" / f"{case}{suffix}.nii.gz")
+                    write_source_grid(vol, geometry[case], _of(canonical, case, "canonical image"),
+                                      cases_table.loc[case, "orientation_source"],
+                                      paths.prediction(pred_dir, case, protocol, source_grid=True))
         table = pd.DataFrame(rows)
         io.write_tsv(table, per_case_out)
         summaries = {p: E.summarize([r for r in rows if r["protocol"] == p], names) for p in protocols}
         missing = sorted({r["class"] for r in rows if r.get("flag") == E.SUPPORT_MISSING})
         result = {"method": method, "setting": setting, "fold": int(fold), "dataset": config["dataset"]["name"],
-                  "support": split["support"], "support_by_class": support_of, "support_missing": missing,
+                  "support": split.support, "support_by_class": support_of, "support_missing": missing,
                   "groups": groups, "protocols": summaries}
-        io.write_json(result, metrics_out)
+        Metrics.from_json(result, metrics_out).write(metrics_out)
         logged = {"eval_seconds": time.perf_counter() - t0}
         for p, summary in summaries.items():
             logged[f"{p}/mean_dice"] = summary["mean_dice"]
@@ -494,14 +509,15 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
 
 # -- report --------------------------------------------------------------------------
 
-def _qualitative_panels(metrics_paths, config, data_dir, setting=None, protocol="oracle",
-                        splits_json=None, cache: dict | None = None) -> list[dict]:
+def _qualitative_panels(metrics_paths, prediction_dirs, config, images: dict[str, str], labels: dict[str, str],
+                        splits_json, setting=None, protocol="oracle", cache: dict | None = None) -> list[dict]:
     """One panel per class for one setting and protocol: the first query scan of the
     lowest evaluated fold, at the middle slice of the class's extent, with the support
-    slice of that chunk and every method's prediction there. Predictions are read from
-    ``predictions/<case>_<protocol>.nii.gz`` (or ``predictions/<protocol>/<case>.nii.gz``),
-    and for the oracle protocol from ``predictions/<case>.nii.gz``. ``cache`` (a dict)
-    keeps volumes read for one setting/protocol for the next."""
+    slice of that chunk and every method's prediction there. ``prediction_dirs[i]`` is
+    the ``predictions`` folder of the evaluation that wrote ``metrics_paths[i]``; a
+    prediction is read under its name there (``fsmis.paths.prediction``).
+    ``images``/``labels``: ``{case: path}`` of the preprocessed scans. ``cache`` (a
+    dict) keeps volumes read for one setting/protocol for the next."""
     from fsmis import protocols as E
     from fsmis.data import adapters
 
@@ -517,29 +533,24 @@ def _qualitative_panels(metrics_paths, config, data_dir, setting=None, protocol=
     n_parts = int(config["evaluate"]["n_parts"])
     setting = str(config["settings"][0] if setting is None else setting)
     by_method, support_of = {}, {}
-    for p in metrics_paths:
-        m = io.read_json(p)
-        if str(m["setting"]) == setting and protocol in m.get("protocols", {}):
-            by_method.setdefault(m["method"], {})[int(m["fold"])] = Path(p).parent
+    for p, pred_dir in _paired(metrics_paths, prediction_dirs, "predictions"):
+        m = Metrics.read(p)
+        if m.setting == setting and protocol in m.protocols:
+            by_method.setdefault(m.method, {})[m.fold] = pred_dir
             # each class's support scan (another scan than the fold's under missing_support: next_scan)
-            support_of.setdefault(int(m["fold"]), {}).update(m.get("support_by_class") or {})
+            support_of.setdefault(m.fold, {}).update(m.support_by_class)
     if not by_method:
         return []
     fold = min(min(f) for f in by_method.values())
-    splits_json = splits_json or Path(metrics_paths[0]).parents[3] / "splits.json"
-    split = io.read_json(splits_json)["folds"][fold]
-    case = split["test"][0]
-    image = read(data_paths(data_dir, case)["image"])
-    label = read(data_paths(data_dir, case)["label"])
+    split = Splits.read(splits_json).fold(fold)
+    case = split.test[0]
+    image = read(_of(images, case, "image"))
+    label = read(_of(labels, case, "label"))
     predicted = {}  # method -> label volume of this case, read once for all classes
     for method, folds in by_method.items():
         if fold in folds:
-            pred_dir = folds[fold] / "predictions"
-            candidates = [pred_dir / f"{case}_{protocol}.nii.gz", pred_dir / protocol / f"{case}.nii.gz"]
-            if protocol == "oracle":
-                candidates.insert(0, pred_dir / f"{case}.nii.gz")
-            found = next((c for c in candidates if c.exists()), None)
-            if found is not None:
+            found = Path(paths.prediction(folds[fold], case, protocol))
+            if found.exists():
                 predicted[method] = read(found)
     panels = []
     for name in facts["classes"]:
@@ -547,9 +558,9 @@ def _qualitative_panels(metrics_paths, config, data_dir, setting=None, protocol=
         ext = E.extent(label, cid)
         if ext is None:
             continue
-        support = support_of.get(fold, {}).get(name, split["support"])
-        s_image = read(data_paths(data_dir, support)["image"])
-        s_label = read(data_paths(data_dir, support)["label"])
+        support = support_of.get(fold, {}).get(name, split.support)
+        s_image = read(_of(images, support, "image"))
+        s_label = read(_of(labels, support, "label"))
         if E.extent(s_label, cid) is None:  # flagged support_missing: nothing was segmented
             continue
         z = (ext[0] + ext[1]) // 2
@@ -561,11 +572,30 @@ def _qualitative_panels(metrics_paths, config, data_dir, setting=None, protocol=
     return panels
 
 
-def report(metrics_paths: list[str], train_logs: list[str], config: dict, data_dir: str, out_dir: str,
-           tracking: dict, splits_json: str | None = None, published_csv: str | None = None) -> None:
+def _paired(metrics_paths, others, kind: str) -> list[tuple[str, str]]:
+    """``metrics.json`` paths with the ``kind`` file of the same evaluation, given as
+    two lists in one order (how the report rule declares them). Where both are paths of
+    the result tree, they must name the same method, setting and fold."""
+    metrics_paths, others = [str(p) for p in metrics_paths], [str(p) for p in others]
+    if len(metrics_paths) != len(others):
+        raise ValueError(f"{len(metrics_paths)} metrics.json files but {len(others)} {kind} paths")
+    for m, o in zip(metrics_paths, others):
+        mine, theirs = paths.match("metrics", m), paths.match(kind, o)
+        if mine is not None and theirs is not None and mine != theirs:
+            raise ValueError(f"{o} is not the {kind} of {m}: the lists are not in one order")
+    return list(zip(metrics_paths, others))
+
+
+def report(metrics_paths: list[str], per_case_paths: list[str], prediction_dirs: list[str], train_logs: list[str],
+           config: dict, images: dict[str, str], labels: dict[str, str], splits_json: str, out_dir: str,
+           tracking: dict, published_csv: str | None = None) -> None:
     """Every table and figure of the experiment from stored results (fsmis.report.build_report):
     per configured setting and protocol, qualitative panels included. The reference of
-    the paired tests is ``config["report"]["reference"]`` (default ssl_alpnet)."""
+    the paired tests is ``config["report"]["reference"]`` (default ssl_alpnet).
+    ``per_case_paths`` and ``prediction_dirs``: the ``per_case.tsv`` and ``predictions``
+    of each evaluation, in the order of ``metrics_paths``; ``images``/``labels``:
+    ``{case: path}`` of the preprocessed scans; the files go into ``out_dir`` (the
+    report folder) under the names of ``fsmis.paths``."""
     import pandas as pd
 
     from fsmis import report as R
@@ -580,16 +610,17 @@ def report(metrics_paths: list[str], train_logs: list[str], config: dict, data_d
         logs = {}
         for p in train_logs:
             df = pd.read_csv(p, sep="\t")
-            if len(df):  # label: "<method> setting<s> fold<k> [<label group>]"
-                parts = Path(p).parts[:-1]
-                at = [i for i, part in enumerate(parts) if part.startswith("setting")]
-                logs[" ".join(parts[at[-1] - 1 if at else -3:])] = df
+            if len(df):  # label: "<method> setting<s> fold<k> <label group>"
+                logs[paths.train_label(p)] = df
         volumes: dict = {}  # read each scan once for all settings and protocols
-        panels = {(s, p): _qualitative_panels(metrics_paths, config, data_dir, s, p, splits_json, volumes)
+        panels = {(s, p): _qualitative_panels(metrics_paths, prediction_dirs, config, images, labels, splits_json,
+                                              s, p, volumes)
                   for s, p in slices}
+        per_case = [c for _, c in _paired(metrics_paths, per_case_paths, "per_case")]
         written = R.build_report(metrics_paths, out_dir, facts["classes"], method_order,
                                  qualitative_panels=panels, train_logs=logs, dataset=config["dataset"]["name"],
-                                 published=published_csv, reference=reference, slices=slices)
+                                 published=published_csv, reference=reference, slices=slices,
+                                 per_case_paths=per_case)
         for p in written:
             if str(p).endswith((".png", ".md", ".csv", ".tex")):
                 run.log_artifact(p)

@@ -22,7 +22,6 @@ file is written atomically.
 from __future__ import annotations
 
 import math
-import numbers
 import os
 import shutil
 from pathlib import Path
@@ -31,8 +30,10 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from fsmis import paths
+from fsmis.contracts import Metrics
 from fsmis.errors import InputError
-from fsmis.io import atomic_path, read_json
+from fsmis.io import atomic_path
 
 LONG_COLUMNS = ["method", "setting", "protocol", "fold", "dataset", "class", "dice", "n_cases", "support_missing",
                 "source"]
@@ -44,52 +45,24 @@ DPI = 150
 # --------------------------------------------------------------------------- reading
 
 
-def _check_fraction(path, where: str, value) -> float:
-    if value is None:
-        return math.nan
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise InputError(path, f"{where} must be a number, got {value!r}")
-    value = float(value)
-    if not math.isnan(value) and not 0.0 <= value <= 1.0:
-        raise InputError(path, f"{where} = {value} is not a Dice fraction in 0..1 (percent written by mistake?)")
-    return value
-
-
 def _rows_of(path: Path) -> list[dict]:
-    data = read_json(path)  # InputError for a missing file or invalid JSON
-    if not isinstance(data, dict):
-        raise InputError(path, f"expected a JSON object (metrics.json), got {type(data).__name__}")
-    missing = [k for k in ("method", "setting", "fold", "protocols") if k not in data]
-    if missing:
-        raise InputError(path, f"missing key(s) {', '.join(missing)} (see docs/contracts.md, metrics.json)")
-    try:
-        fold = int(data["fold"])
-        if isinstance(data["fold"], bool) or fold != float(data["fold"]):
-            raise ValueError
-    except (TypeError, ValueError):
-        raise InputError(path, f"fold must be an integer, got {data['fold']!r}") from None
-    protocols = data["protocols"]
-    if not isinstance(protocols, dict) or not protocols:
-        raise InputError(path, "protocols must be a non-empty object {protocol: {dice: {...}}}")
+    # InputError for a missing file, invalid JSON or a broken contract (fsmis.contracts)
+    data = Metrics.read(path)
     rows = []
-    for protocol, result in protocols.items():
-        dice = result.get("dice") if isinstance(result, dict) else None
-        if not isinstance(dice, dict) or not dice:
-            raise InputError(path, f"protocols.{protocol}.dice must map class names to Dice values")
-        n_cases = result.get("n_cases")
+    for protocol, result in data.protocols.items():
         # classes the fold's support scan lacked: not evaluated (fsmis.evaluate.SUPPORT_MISSING)
-        lacking = set(result.get("support_missing") or [])
-        for name, value in dice.items():
+        lacking = set(result.support_missing)
+        for name, value in result.dice.items():
             rows.append(
                 {
-                    "method": str(data["method"]),
-                    "setting": str(data["setting"]),
+                    "method": data.method,
+                    "setting": data.setting,
                     "protocol": str(protocol),
-                    "fold": fold,
-                    "dataset": str(data.get("dataset", "")),
+                    "fold": data.fold,
+                    "dataset": data.dataset,
                     "class": str(name),
-                    "dice": _check_fraction(path, f"protocols.{protocol}.dice.{name}", value),
-                    "n_cases": n_cases,
+                    "dice": value,
+                    "n_cases": result.n_cases,
                     "support_missing": name in lacking,
                     "source": str(path),
                 }
@@ -465,8 +438,22 @@ def _protocol_key(protocol: str) -> tuple:
     return (PROTOCOL_ORDER.index(protocol) if protocol in PROTOCOL_ORDER else len(PROTOCOL_ORDER), protocol)
 
 
-def _stem(setting: str, protocol: str) -> str:
-    return f"setting{setting}_{protocol}"
+# File names come from the result tree (fsmis.paths, kinds report_slice and report_file)
+# so that they are the ones the report rule declares.
+
+
+def _slice_stem(name: str, setting: str, protocol: str) -> str:
+    """``<name>_setting<s>_<p>`` without extension, for the writers that add their own
+    (.csv and .md of one table)."""
+    return paths.stem("report_slice", name=name, setting=setting, protocol=protocol)
+
+
+def _slice_file(out_dir, name: str, setting: str, protocol: str, ext: str) -> Path:
+    return Path(paths.within(out_dir, "report_slice", name=name, setting=setting, protocol=protocol, ext=ext))
+
+
+def _file(out_dir, name: str, ext: str) -> Path:
+    return Path(paths.within(out_dir, "report_file", name=name, ext=ext))
 
 
 def _slices(long_df: pd.DataFrame, expected: Iterable[tuple[str, str]] | None) -> list[tuple[str, str]]:
@@ -477,19 +464,20 @@ def _slices(long_df: pd.DataFrame, expected: Iterable[tuple[str, str]] | None) -
     return wanted + extra
 
 
-def _missing_slice(out_dir: Path, stem: str, setting: str, protocol: str) -> list[str]:
+def _missing_slice(out_dir: Path, setting: str, protocol: str) -> list[str]:
     """Every file of a configured setting/protocol without results says so, rather than
     the job failing on a missing output or an old file staying behind."""
     text = f"No results for setting {setting}, {protocol} protocol: no metrics.json holds it."
-    names = [f"dice_{stem}.md", f"dice_{stem}.csv", f"stats_{stem}.md", f"stats_{stem}.csv",
-             f"paper_{stem}.md", f"paper_{stem}.csv", f"paper_{stem}.tex"]
-    content = {".md": text + "\n", ".csv": "method\n", ".tex": f"% {text}\n"}
+    files = [("dice", "md"), ("dice", "csv"), ("stats", "md"), ("stats", "csv"),
+             ("paper", "md"), ("paper", "csv"), ("paper", "tex")]
+    content = {"md": text + "\n", "csv": "method\n", "tex": f"% {text}\n"}
     written = []
-    for name in names:
-        with atomic_path(out_dir / name) as tmp:
-            tmp.write_text(content[Path(name).suffix], encoding="utf-8")
-        written.append(str(out_dir / name))
-    written += placeholder_figure(out_dir / f"dice_bars_{stem}.png", text.strip())
+    for name, ext in files:
+        path = _slice_file(out_dir, name, setting, protocol, ext)
+        with atomic_path(path) as tmp:
+            tmp.write_text(content[ext], encoding="utf-8")
+        written.append(str(path))
+    written += placeholder_figure(_slice_file(out_dir, "dice_bars", setting, protocol, "png"), text.strip())
     return written
 
 
@@ -506,6 +494,7 @@ def build_report(
     published: pd.DataFrame | str | os.PathLike | None = None,
     reference: str = "ssl_alpnet",
     slices: Sequence[tuple[str, str]] | None = None,
+    per_case_paths: Sequence[str | os.PathLike] | None = None,
 ) -> list[str]:
     """Write every table and figure of an experiment into ``out_dir``; return the paths.
 
@@ -525,58 +514,62 @@ def build_report(
     given as a list, else those of the first slice) and ``training_curves.png/.pdf``;
     a figure with nothing to draw says so. A configured slice without results gets
     files that say so. ``published``: a DataFrame or CSV path (default: the shipped CSV).
+    ``per_case_paths``: the ``per_case.tsv`` of each metrics file, in its order (default:
+    the one beside it; ``fsmis.stats.read_cases``). File names: ``fsmis.paths``.
     """
     from fsmis import paper_tables, stats
 
     out_dir = Path(out_dir)
     metrics_paths = [Path(p) for p in metrics_paths]
     long_df = collect(metrics_paths)
-    cases = stats.read_cases(metrics_paths)
+    cases = stats.read_cases(metrics_paths, per_case_paths)
     if not isinstance(published, pd.DataFrame):
         published = paper_tables.load_published(published)
     dataset = dataset or next((d for d in long_df["dataset"] if d), "unknown")
     class_order = list(class_order or []) or list(dict.fromkeys(long_df["class"]))
     written: list[str] = []
-    for name, frame in (("dice_per_fold.csv", long_df), ("dice_per_case.csv", cases)):
-        with atomic_path(out_dir / name) as tmp:
+    for name, frame in (("dice_per_fold", long_df), ("dice_per_case", cases)):
+        path = _file(out_dir, name, "csv")
+        with atomic_path(path) as tmp:
             frame.to_csv(tmp, index=False)
-        written.append(str(out_dir / name))
+        written.append(str(path))
     panels_by_slice = qualitative_panels if isinstance(qualitative_panels, Mapping) else None
     order = _slices(long_df, slices)
     for setting, protocol in order:
-        stem = _stem(setting, protocol)
         part = long_df[(long_df["setting"] == setting) & (long_df["protocol"] == protocol)]
         if part.empty:
-            written += _missing_slice(out_dir, stem, setting, protocol)
+            written += _missing_slice(out_dir, setting, protocol)
         else:
             table = dice_table(part, class_order, method_order)
             notes = [n for n in [support_missing_note(part)] if n]
-            written += write_tables(table, out_dir, f"dice_{stem}", notes=notes)
+            written += write_tables(table, out_dir, _slice_stem("dice", setting, protocol), notes=notes)
             per_fold = fold_values(part, class_order) * 100.0
             in_slice = cases[(cases["setting"] == setting) & (cases["protocol"] == protocol)]
             summary = stats.summary_table(per_fold, in_slice, class_order, list(table.index), reference)
-            written += stats.write_summary(summary, out_dir, f"stats_{stem}", reference)
+            written += stats.write_summary(summary, out_dir, _slice_stem("stats", setting, protocol), reference)
             paper = paper_tables.paper_table(table, published, dataset, setting, class_order, protocol,
                                              stats.tests_of(summary), reference)
             paper.notes += notes
-            written += paper_tables.write(paper, out_dir, f"paper_{stem}")
-            written += bar_figure(part, class_order, method_order, out_dir / f"dice_bars_{stem}.png",
+            written += paper_tables.write(paper, out_dir, _slice_stem("paper", setting, protocol))
+            written += bar_figure(part, class_order, method_order,
+                                  _slice_file(out_dir, "dice_bars", setting, protocol, "png"),
                                   title=f"setting {setting}, {protocol} protocol")
         if panels_by_slice is not None:
             written += _qualitative_or_note(panels_by_slice.get((setting, protocol)),
-                                            out_dir / f"qualitative_{stem}.png", method_order)
+                                            _slice_file(out_dir, "qualitative", setting, protocol, "png"),
+                                            method_order)
     if panels_by_slice is not None and order:
         # the first slice's figure under the stable name: a copy (drawing it costs seconds)
         for ext in ("png", "pdf"):
-            with atomic_path(out_dir / f"qualitative.{ext}") as tmp:
-                shutil.copyfile(out_dir / f"qualitative_{_stem(*order[0])}.{ext}", tmp)
-            written.append(str(out_dir / f"qualitative.{ext}"))
+            with atomic_path(_file(out_dir, "qualitative", ext)) as tmp:
+                shutil.copyfile(_slice_file(out_dir, "qualitative", *order[0], ext), tmp)
+            written.append(str(_file(out_dir, "qualitative", ext)))
     else:
-        written += _qualitative_or_note(qualitative_panels, out_dir / "qualitative.png", method_order)
+        written += _qualitative_or_note(qualitative_panels, _file(out_dir, "qualitative", "png"), method_order)
     if train_logs:
-        written += curve_figure(train_logs, out_dir / "training_curves.png", smoothing=curve_smoothing)
+        written += curve_figure(train_logs, _file(out_dir, "training_curves", "png"), smoothing=curve_smoothing)
     else:
-        written += placeholder_figure(out_dir / "training_curves.png", "no method was trained")
+        written += placeholder_figure(_file(out_dir, "training_curves", "png"), "no method was trained")
     return written
 
 

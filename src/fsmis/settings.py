@@ -1,5 +1,6 @@
 """Experimental settings: which training slices a model may see, and how many models a
-fold needs (DESIGN.md section 6; landscape.md section 2.1 for the two lineages).
+fold needs (docs/design.md, 'Settings'; docs/datasets.md, 'Setting 2: two definitions'
+for the two lineages).
 
 - ``1`` (Roy et al. 2020): nothing excluded; one model per fold serves every test class.
 - ``2`` (SSL-ALPNet, Ouyang et al. TMI 2022): one model per label group; its training

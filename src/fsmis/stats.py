@@ -40,8 +40,9 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 import pandas as pd
 
+from fsmis import paths
+from fsmis.contracts import Metrics
 from fsmis.errors import InputError
-from fsmis.io import read_json
 
 log = logging.getLogger(__name__)
 
@@ -109,19 +110,26 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float], min_pairs: int = MIN
 # --------------------------------------------------------------------------- per-case data
 
 
-def read_cases(metrics_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
-    """Per-case Dice of every fold: the ``per_case.tsv`` beside each ``metrics.json``.
+def read_cases(metrics_paths: Iterable[str | os.PathLike],
+               per_case_paths: Iterable[str | os.PathLike] | None = None) -> pd.DataFrame:
+    """Per-case Dice of every fold: the ``per_case.tsv`` of each ``metrics.json``,
+    ``per_case_paths`` in the same order (what the report rule declares), by default
+    the one beside it (``fsmis.paths``).
 
     Method, setting and fold come from the ``metrics.json``; a missing ``protocol``
     column means ``oracle`` (the only protocol of older evaluations). A fold without
     ``per_case.tsv`` is skipped with a warning (its case-level statistics are missing,
     the fold-level ones are not). Columns: :data:`CASE_COLUMNS` (Dice as fractions).
     """
+    metrics_paths = [Path(p) for p in metrics_paths]
+    if per_case_paths is None:
+        per_case_paths = [paths.beside(p, "per_case") for p in metrics_paths]
+    per_case_paths = [Path(p) for p in per_case_paths]
+    if len(per_case_paths) != len(metrics_paths):
+        raise ValueError(f"{len(metrics_paths)} metrics.json files but {len(per_case_paths)} per_case.tsv paths")
     frames = []
-    for raw in metrics_paths:
-        path = Path(raw)
-        meta = read_json(path)
-        table_path = path.with_name("per_case.tsv")
+    for path, table_path in zip(metrics_paths, per_case_paths):
+        meta = Metrics.read(path)
         if not table_path.is_file():
             log.warning("%s: no per_case.tsv beside it; its cases are left out of the case statistics", path)
             continue
@@ -133,7 +141,7 @@ def read_cases(metrics_paths: Iterable[str | os.PathLike]) -> pd.DataFrame:
         if missing:
             raise InputError(table_path, f"missing column(s) {', '.join(missing)} (see docs/contracts.md)")
         table = table.assign(
-            method=str(meta["method"]), setting=str(meta["setting"]), fold=int(meta["fold"]),
+            method=meta.method, setting=meta.setting, fold=meta.fold,
             protocol=table["protocol"].astype(str) if "protocol" in table.columns else "oracle",
             flag=table["flag"] if "flag" in table.columns else "",
             dice=pd.to_numeric(table["dice"], errors="coerce"),

@@ -32,20 +32,9 @@ workflow.global_resources.setdefault("cpu_jobs", os.cpu_count() or 1)
 
 # --- dataset facts -----------------------------------------------------------------
 
-# Registered methods (src/fsmis/models/registry.py). `untrained` is SSL-ALPNet's
-# network after 0 steps; `mask_transfer` has no model and is only evaluated. Named
-# variants (config `variants`) are trainable too (TRAINABLE, below).
-REGISTERED = ["ssl_alpnet", "panet", "dspnet", "iplsl"]
-
-# Environment variables set by the onstart handler and read by the job scripts (and by
-# fsmis.tracking). Never passed through params/input: their value changes with every
-# invocation and would mark every job as outdated.
-PARENT_RUN_ENV = "FSMIS_MLFLOW_PARENT_RUN_ID"
-CONFIG_HASH_ENV = "FSMIS_CONFIG_HASH"
 # Folder where jobs record their MLflow runs for the handlers to store in one process
 # (importing MLflow in every job cost ~3 s of CPU each). Absolute: jobs may run
 # elsewhere (--directory, cluster nodes with the same shared filesystem).
-SPOOL_ENV = "FSMIS_MLFLOW_SPOOL"
 MLFLOW_SPOOL = Path("results/mlflow/spool").absolute()
 
 # The library shipped with this workflow: <repo>/src (this file is
@@ -67,10 +56,31 @@ def fsmis_module(name):
             return importlib.import_module(name)
         raise
 
+
+# Names of the environment variables (fsmis.envvars, standard library only). The
+# onstart handler sets the parent run, the config hash and the spool folder there for
+# the job scripts and fsmis.tracking; never through params/input: their value changes
+# with every invocation and would mark every job as outdated.
+ENVVARS = fsmis_module("fsmis.envvars")
+
+# The result tree (fsmis.paths, standard library only): every rule's input, output,
+# log and benchmark template comes from it, and the library fills and parses the same
+# templates, so a path is spelled in one place.
+PATHS = fsmis_module("fsmis.paths")
+
+
+# Registered methods: fsmis.models.registry (standard library only, so no torch at
+# parse time), its METHODS plus any of FSMIS_EXTRA_METHODS. `untrained` is SSL-ALPNet's
+# network after 0 steps; `mask_transfer` has no model and is only evaluated. Named
+# variants (config `variants`) are trainable too (TRAINABLE, below).
+REGISTERED = fsmis_module("fsmis.models.registry").names()
+
+
 def source_digest(relative):
     """Digest of a library source file. Passed as a param where the file *is* the data
-    (the phantom generator), so editing it regenerates the data: Snakemake's code
-    trigger only sees the job script, not the library it calls."""
+    (a generated dataset's generator, FACTS.source["generator"] of its adapter), so
+    editing it regenerates the data: Snakemake's code trigger only sees the job script,
+    not the library it calls."""
     return hashlib.sha256((SRC_DIR / relative).read_bytes()).hexdigest()[:12]
 
 
@@ -82,6 +92,13 @@ def check_config(cfg):
     # `folds` follows `n_folds` unless the config picks some
     cfg["folds"] = [int(f) for f in cfg.get("folds") or range(cfg["n_folds"])]
     dataset = cfg["dataset"]
+    # The schema takes any name: the adapters' registry is the one list of datasets.
+    known = fsmis_module("fsmis.data.adapters").DATASETS
+    if dataset["name"] not in known:
+        raise WorkflowError(
+            f"config: dataset.name {dataset['name']!r} is not a registered dataset; "
+            f"known: {', '.join(known)}"
+        )
     if isinstance(dataset.get("cases"), str) and dataset["cases"].isdigit():
         dataset["cases"] = int(dataset["cases"])
     for key in ("cases", "exclude"):  # case numbers given on the command line are text
@@ -120,8 +137,6 @@ def check_config(cfg):
 
 def case_ids(dataset):
     """Case ids of a dataset, known from the config alone (the DAG stays static)."""
-    if dataset["name"] == "phantom":
-        return [f"phantom_{i:03d}" for i in range(dataset["n_cases"])]
     try:
         return fsmis_module("fsmis.data.adapters").get(dataset["name"]).case_ids(dataset)
     except (ValueError, OSError) as err:
@@ -142,17 +157,19 @@ check_config(config)
 
 EXPERIMENT = config["experiment"]
 DATASET = config["dataset"]["name"]
-# Dataset facts (modality, test classes, label groups, source): fsmis.data.sources,
-# completed from the config for nifti_folder (fsmis.data.adapters.facts).
+# Dataset facts (modality, test classes, label groups, source): the FACTS of the
+# dataset's adapter module, completed from the config for nifti_folder
+# (fsmis.data.adapters.facts).
 ADAPTERS = fsmis_module("fsmis.data.adapters")
 # The key of results/data/{ds}/ (fsmis.data.adapters.dataset_id): the name, or for a
 # dataset under dataset.root also that folder's name and path digest. Raw files stay
 # under resources/{source}/ (the dataset's name: one source per name).
 DATA_ID = ADAPTERS.dataset_id(config["dataset"])
 DATASET_FACTS = ADAPTERS.facts(config["dataset"])
-# "generated" (phantom), "zenodo" (downloaded), "manual" (registration-only, placed by
-# hand under dataset.root) or "local" (nifti_folder under dataset.root)
-SOURCE_KIND = DATASET_FACTS.get("source", {}).get("kind", "generated")
+# "generated" (in-process, e.g. the phantom), "zenodo" (downloaded), "manual"
+# (registration-only, placed by hand under dataset.root) or "local" (nifti_folder under
+# dataset.root): it alone picks the fetch step, never the dataset's name.
+SOURCE_KIND = DATASET_FACTS["source"]["kind"]
 # Zenodo files this config needs, {file name: record id}, and the folder each archive is
 # unpacked into, {folder name: file name} (fsmis.data.adapters.unpack_dir).
 DOWNLOADS = (
@@ -207,7 +224,7 @@ wildcard_constraints:
     exp=re.escape(EXPERIMENT),
     case="[A-Za-z0-9_]+",
     method="[A-Za-z0-9_]+",
-    setting="1|2|2all",
+    setting="|".join(re.escape(s) for s in fsmis_module("fsmis.settings").SETTINGS),
     fold=r"\d+",
     file="|".join(re.escape(f) for f in DOWNLOADS) or "(?!)",
     archive="|".join(re.escape(a) for a in UNPACKED) or "(?!)",
@@ -234,7 +251,7 @@ def per_case(pattern):
 
 
 def raw_inputs(wildcards):
-    """What the canonical step reads, per source: the phantom's generated pairs or the
+    """What the canonical step reads, per source kind: the generated pairs or the
     unpacked archives; hand-placed data live outside the workflow (checked at start)."""
     if SOURCE_KIND == "generated":
         return rules.generate_phantom.output
@@ -314,13 +331,29 @@ def fold_outputs(pattern, methods):
     ]
 
 
-def report_items(pattern, caption, category):
-    """One report() item per setting and protocol, labelled so that the HTML report can
-    switch between them; {exp} stays a wildcard of the report rule."""
+def report_slices(name, *exts):
+    """The report's files `name` of every configured setting and protocol, e.g.
+    dice_setting1_oracle.csv (PATHS.report_slice), for each of `exts`."""
+    return [
+        PATHS.fill("report_slice", exp=EXPERIMENT, name=name, setting=setting, protocol=protocol, ext=ext)
+        for setting in SETTINGS
+        for protocol in PROTOCOLS
+        for ext in exts
+    ]
+
+
+def report_file(name, ext):
+    """One report file of the whole experiment, e.g. dice_per_fold.csv (PATHS.report_file)."""
+    return PATHS.fill("report_file", exp=EXPERIMENT, name=name, ext=ext)
+
+
+def report_items(name, ext, caption, category):
+    """One report() item per setting and protocol (the files of report_slices),
+    labelled so that the HTML report can switch between them."""
     items = []
     for setting in SETTINGS:
         for protocol in PROTOCOLS:
-            path = pattern.format(exp="{exp}", setting=setting, protocol=protocol)
+            path = PATHS.fill("report_slice", exp=EXPERIMENT, name=name, setting=setting, protocol=protocol, ext=ext)
             labels = {"setting": setting, "protocol": protocol}
             items.append(
                 report_item(path, caption=caption, category=category, labels=labels)

@@ -13,15 +13,14 @@ rule evaluate:
         canonical=per_case(rules.canonical.output.image) if SOURCE_GRID else [],
         cases=expand(rules.case_table.output.cases, ds=DATA_ID) if SOURCE_GRID else [],
     output:
-        per_case="results/{exp}/{method}/setting{setting}/fold{fold}/per_case.tsv",
-        metrics="results/{exp}/{method}/setting{setting}/fold{fold}/metrics.json",
-        predictions=directory(
-            "results/{exp}/{method}/setting{setting}/fold{fold}/predictions"
-        ),
+        per_case=PATHS.per_case,
+        metrics=PATHS.metrics,
+        # {case}.nii.gz, {case}_full.nii.gz, source_grid/...: fsmis.paths.prediction
+        predictions=directory(PATHS.predictions),
     log:
-        "logs/evaluate/{exp}/{method}/setting{setting}/fold{fold}.log",
+        PATHS.log_evaluate,
     benchmark:
-        "results/benchmarks/evaluate/{exp}/{method}/setting{setting}/fold{fold}.tsv"
+        PATHS.benchmark_evaluate
     wildcard_constraints:
         method="|".join(TRAINABLE + ["mask_transfer"]),
     conda:
@@ -40,5 +39,7 @@ rule evaluate:
         models=model_for_evaluation,
         method_params=method_params,
         source_grid=SOURCE_GRID,
+        # the case of each entry of input.images, input.labels and input.canonical
+        cases=lambda wildcards: usable_cases(),
     script:
         "../scripts/evaluate.py"

@@ -1,23 +1,32 @@
-# Fetch stage: bring a dataset's raw files into resources/{source}/ (the dataset's name). The phantom is
-# generated in-process (no network); CHAOS and AbdomenCT-1K are downloaded from Zenodo
-# (verified) and unpacked (no member may escape its folder); Synapse and Card-MRI are
-# placed by hand under dataset.root (checked before any job runs).
+# Fetch stage: bring a dataset's raw files into resources/{source}/ (the dataset's name).
+# Which step does it follows the source kind of the dataset's adapter (SOURCE_KIND,
+# raw_inputs): "generated" datasets (the phantom) are written in-process (no network);
+# "zenodo" ones (CHAOS, AbdomenCT-1K) are downloaded (verified) and unpacked (no member
+# may escape its folder); "manual" (Synapse, Card-MRI) and "local" ones are placed by
+# hand under dataset.root (checked before any job runs).
 
 
+# The step of source kind "generated" (the adapter's generate()); named after the one
+# such dataset so far, which keeps its log and benchmark paths.
 rule generate_phantom:
     output:
-        images=expand("resources/phantom/raw/{case}_image.nii.gz", case=CASES),
-        labels=expand("resources/phantom/raw/{case}_label.nii.gz", case=CASES),
+        images=expand(PATHS.raw_image, source=DATASET, case=CASES),
+        labels=expand(PATHS.raw_label, source=DATASET, case=CASES),
     log:
-        "logs/generate_phantom/phantom.log",
+        PATHS.fill("log_generate_phantom", source=DATASET),
     benchmark:
-        "results/benchmarks/generate_phantom/phantom.tsv"
+        PATHS.fill("benchmark_generate_phantom", source=DATASET)
     conda:
         "../../envs/fsmis.yaml"
     params:
         dataset=lookup(dpath="dataset", within=config),
         cases=CASES,
-        generator=source_digest("fsmis/data/phantom.py"),
+        # the generator's code is the data: editing it regenerates them
+        generator=(
+            source_digest(DATASET_FACTS["source"]["generator"])
+            if SOURCE_KIND == "generated"
+            else None
+        ),
     script:
         "../scripts/generate_phantom.py"
 
@@ -27,9 +36,9 @@ rule generate_phantom:
 # fsmis.data.weights.KNOWN (e.g. deeplabv3_resnet101_coco).
 rule fetch_weights:
     output:
-        weights="resources/weights/{weights}.pth",
+        weights=PATHS.weights,
     log:
-        "logs/fetch_weights/{weights}.log",
+        PATHS.log_fetch_weights,
     wildcard_constraints:
         weights="[A-Za-z0-9_]+",
     conda:
@@ -42,9 +51,9 @@ rule fetch_weights:
 # declared: Snakemake leaves it after a failure and the rerun resumes it.
 rule download:
     output:
-        archive="resources/{source}/downloads/{file}",
+        archive=PATHS.download,
     log:
-        "logs/download/{source}/{file}.log",
+        PATHS.log_download,
     params:
         record=lambda wildcards: DOWNLOADS[wildcards.file],
     conda:
@@ -55,11 +64,13 @@ rule download:
 
 rule unpack:
     input:
-        archive=lambda wildcards: f"resources/{wildcards.source}/downloads/{UNPACKED[wildcards.archive]}",
+        archive=lambda wildcards: PATHS.fill(
+            "download", source=wildcards.source, file=UNPACKED[wildcards.archive]
+        ),
     output:
-        folder=directory("resources/{source}/raw/{archive}"),
+        folder=directory(PATHS.unpacked),
     log:
-        "logs/unpack/{source}/{archive}.log",
+        PATHS.log_unpack,
     conda:
         "../../envs/fsmis.yaml"
     script:

@@ -11,9 +11,9 @@ checkpoint inventory:
     input:
         raw=raw_inputs,
     output:
-        inventory="results/data/{ds}/inventory.tsv",
+        inventory=PATHS.inventory,
     log:
-        "logs/inventory/{ds}.log",
+        PATHS.log_inventory,
     conda:
         "../../envs/fsmis.yaml"
     params:
@@ -31,11 +31,11 @@ rule canonical:
     input:
         raw=raw_inputs,
     output:
-        image="results/data/{ds}/canonical/{case}_image.nii.gz",
-        label="results/data/{ds}/canonical/{case}_label.nii.gz",
-        row="results/data/{ds}/canonical/{case}.tsv",
+        image=PATHS.canonical_image,
+        label=PATHS.canonical_label,
+        row=PATHS.canonical_row,
     log:
-        "logs/canonical/{ds}/{case}.log",
+        PATHS.log_canonical,
     conda:
         "../../envs/fsmis.yaml"
     params:
@@ -49,9 +49,9 @@ rule case_table:
     input:
         rows=per_case(rules.canonical.output.row),
     output:
-        cases="results/data/{ds}/cases.tsv",
+        cases=PATHS.cases,
     log:
-        "logs/case_table/{ds}.log",
+        PATHS.log_case_table,
     conda:
         "../../envs/fsmis.yaml"
     script:
@@ -60,15 +60,15 @@ rule case_table:
 
 rule preprocess:
     input:
-        image="results/data/{ds}/canonical/{case}_image.nii.gz",
-        label="results/data/{ds}/canonical/{case}_label.nii.gz",
+        image=PATHS.canonical_image,
+        label=PATHS.canonical_label,
     output:
-        image="results/data/{ds}/preprocessed/{case}_image.nii.gz",
-        label="results/data/{ds}/preprocessed/{case}_label.nii.gz",
+        image=PATHS.image,
+        label=PATHS.label,
     log:
-        "logs/preprocess/{ds}/{case}.log",
+        PATHS.log_preprocess,
     benchmark:
-        "results/benchmarks/preprocess/{ds}/{case}.tsv"
+        PATHS.benchmark_preprocess
     conda:
         "../../envs/fsmis.yaml"
     params:
@@ -80,11 +80,11 @@ rule preprocess:
 
 rule classmap:
     input:
-        labels=per_case("results/data/{ds}/preprocessed/{case}_label.nii.gz"),
+        labels=per_case(PATHS.label),
     output:
-        classmap="results/data/{ds}/classmap.json",
+        classmap=PATHS.classmap,
     log:
-        "logs/classmap/{ds}.log",
+        PATHS.log_classmap,
     conda:
         "../../envs/fsmis.yaml"
     params:

@@ -9,6 +9,7 @@
 
 rule report:
     input:
+        # metrics, per_case and predictions: one entry per evaluation, in one order
         metrics=expand(
             fold_outputs(rules.evaluate.output.metrics, EVALUATED), exp=EXPERIMENT
         ),
@@ -24,63 +25,48 @@ rule report:
         splits=expand(rules.splits.output.splits, exp=EXPERIMENT),
         images=per_case(rules.preprocess.output.image),
         labels=per_case(rules.preprocess.output.label),
-        classmap=expand(rules.classmap.output.classmap, ds=DATA_ID),
         # the papers' numbers the tables compare against (package data)
         published=SRC_DIR / "fsmis" / "published_results.csv",
     output:
         tables=report_items(
-            f"results/{EXPERIMENT}/report/dice_setting{{setting}}_{{protocol}}.csv",
-            caption="../report/dice_table.rst",
-            category="Dice tables",
+            "dice", "csv", caption="../report/dice_table.rst", category="Dice tables"
         ),
-        markdown=expand(
-            f"results/{EXPERIMENT}/report/dice_setting{{setting}}_{{protocol}}.md",
-            setting=SETTINGS,
-            protocol=PROTOCOLS,
-        ),
+        markdown=report_slices("dice", "md"),
         paper=report_items(
-            f"results/{EXPERIMENT}/report/paper_setting{{setting}}_{{protocol}}.csv",
-            caption="../report/paper_table.rst",
-            category="Paper tables",
+            "paper", "csv", caption="../report/paper_table.rst", category="Paper tables"
         ),
-        paper_text=expand(
-            f"results/{EXPERIMENT}/report/paper_setting{{setting}}_{{protocol}}.{{ext}}",
-            setting=SETTINGS,
-            protocol=PROTOCOLS,
-            ext=["md", "tex"],
-        ),
+        paper_text=report_slices("paper", "md", "tex"),
         stats=report_items(
-            f"results/{EXPERIMENT}/report/stats_setting{{setting}}_{{protocol}}.csv",
+            "stats",
+            "csv",
             caption="../report/stats.rst",
             category="Spread and paired tests",
         ),
-        stats_markdown=expand(
-            f"results/{EXPERIMENT}/report/stats_setting{{setting}}_{{protocol}}.md",
-            setting=SETTINGS,
-            protocol=PROTOCOLS,
-        ),
+        stats_markdown=report_slices("stats", "md"),
         bars=report_items(
-            f"results/{EXPERIMENT}/report/dice_bars_setting{{setting}}_{{protocol}}.png",
-            caption="../report/dice_bars.rst",
-            category="Dice figures",
+            "dice_bars", "png", caption="../report/dice_bars.rst", category="Dice figures"
         ),
         qualitative_slices=report_items(
-            f"results/{EXPERIMENT}/report/qualitative_setting{{setting}}_{{protocol}}.png",
+            "qualitative",
+            "png",
             caption="../report/qualitative.rst",
             category="Qualitative",
         ),
         # the first setting and protocol again, under a name that does not change
-        qualitative=f"results/{EXPERIMENT}/report/qualitative.png",
+        qualitative=report_file("qualitative", "png"),
         curves=report(
-            f"results/{EXPERIMENT}/report/training_curves.png",
+            report_file("training_curves", "png"),
             caption="../report/training_curves.rst",
             category="Training",
         ),
-        per_fold=f"results/{EXPERIMENT}/report/dice_per_fold.csv",
-        per_case=f"results/{EXPERIMENT}/report/dice_per_case.csv",
+        per_fold=report_file("dice_per_fold", "csv"),
+        per_case=report_file("dice_per_case", "csv"),
     log:
-        f"logs/report/{EXPERIMENT}.log",
+        PATHS.fill("log_report", exp=EXPERIMENT),
     conda:
         "../../envs/fsmis.yaml"
+    params:
+        # the case of each entry of input.images and input.labels
+        cases=lambda wildcards: usable_cases(),
     script:
         "../scripts/report.py"

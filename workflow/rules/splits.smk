@@ -5,9 +5,9 @@ rule splits:
     input:
         cases=expand(rules.case_table.output.cases, ds=DATA_ID),
     output:
-        splits="results/{exp}/splits.json",
+        splits=PATHS.splits,
     log:
-        "logs/splits/{exp}.log",
+        PATHS.log_splits,
     conda:
         "../../envs/fsmis.yaml"
     params:

@@ -3,13 +3,13 @@
 
 rule superpixels:
     input:
-        image="results/data/{ds}/preprocessed/{case}_image.nii.gz",
+        image=PATHS.image,
     output:
-        superpixels="results/data/{ds}/superpixels/{case}.nii.gz",
+        superpixels=PATHS.superpixels,
     log:
-        "logs/superpixels/{ds}/{case}.log",
+        PATHS.log_superpixels,
     benchmark:
-        "results/benchmarks/superpixels/{ds}/{case}.tsv"
+        PATHS.benchmark_superpixels
     conda:
         "../../envs/fsmis.yaml"
     threads: 2

@@ -14,12 +14,12 @@ rule train:
         splits=rules.splits.output.splits,
         pretrained=pretrained_weights,
     output:
-        model="results/{exp}/{method}/setting{setting}/fold{fold}/{group}/model.pt",
-        train_log="results/{exp}/{method}/setting{setting}/fold{fold}/{group}/train_log.tsv",
+        model=PATHS.model,
+        train_log=PATHS.train_log,
     log:
-        "logs/train/{exp}/{method}/setting{setting}/fold{fold}/{group}.log",
+        PATHS.log_train,
     benchmark:
-        "results/benchmarks/train/{exp}/{method}/setting{setting}/fold{fold}/{group}.tsv"
+        PATHS.benchmark_train
     wildcard_constraints:
         method="|".join(TRAINABLE),
     conda:
@@ -41,5 +41,7 @@ rule train:
         model=lookup(dpath="model", within=config),
         train=lookup(dpath="train", within=config),
         method_params=method_params,
+        # the case of each entry of input.images and input.superpixels
+        cases=lambda wildcards: usable_cases(),
     script:
         "../scripts/train.py"

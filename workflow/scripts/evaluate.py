@@ -1,26 +1,28 @@
 """Job script of rule evaluate: see fsmis.pipeline.evaluate."""
 
-from fsmis_job import one, parent, start
+from fsmis_job import by_case, one, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
 from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
 
+source_grid = bool(snakemake.params.source_grid)
 pipeline.evaluate(
     method=snakemake.wildcards.method,
     setting=snakemake.wildcards.setting,
     fold=int(snakemake.wildcards.fold),
     config=dict(snakemake.config),
     splits_json=one(snakemake.input.splits),
-    # results/data/{ds}: the folder of classmap.json and preprocessed/
-    data_dir=parent(snakemake.input.classmap),
     classmap_json=one(snakemake.input.classmap),
+    images=by_case(snakemake.params.cases, snakemake.input.images),
+    labels=by_case(snakemake.params.cases, snakemake.input.labels),
     models=dict(snakemake.params.models) or None,  # {group: model.pt}; None for mask_transfer
     pred_dir=one(snakemake.output.predictions),
     per_case_out=one(snakemake.output.per_case),
     metrics_out=one(snakemake.output.metrics),
     threads=snakemake.threads,
     tracking=tracking,
-    source_grid=bool(snakemake.params.source_grid),
-    cases_tsv=one(snakemake.input.cases) if snakemake.params.source_grid else None,
+    source_grid=source_grid,
+    cases_tsv=one(snakemake.input.cases) if source_grid else None,
+    canonical=by_case(snakemake.params.cases, snakemake.input.canonical) if source_grid else None,
 )

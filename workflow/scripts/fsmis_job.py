@@ -12,9 +12,6 @@ import os
 import sys
 from pathlib import Path
 
-# Set by the Snakefile's onstart handler (see workflow/rules/common.smk).
-CONFIG_HASH_ENV = "FSMIS_CONFIG_HASH"
-
 # The library shipped beside this workflow: <repo>/src (this file is
 # <repo>/workflow/scripts/fsmis_job.py).
 SRC_DIR = Path(__file__).resolve().parents[2] / "src"
@@ -41,9 +38,12 @@ def start(snakemake) -> dict:
     )
     _ensure_fsmis_importable(logger)
 
+    from fsmis import envvars  # importable only now
+
     # Computed once per invocation in workflow/rules/common.smk and exported by the
-    # onstart handler; recomputed (same function, same config) if a job runs without it.
-    config_hash = os.environ.get(CONFIG_HASH_ENV)
+    # Snakefile's onstart handler; recomputed (same function, same config) if a job runs
+    # without it.
+    config_hash = os.environ.get(envvars.FSMIS_CONFIG_HASH)
     if not config_hash:
         from fsmis.tracking import config_hash as hash_config
 
@@ -88,3 +88,9 @@ def strs(paths) -> list[str]:
 
 def parent(path) -> str:
     return str(Path(one(path)).parent)
+
+
+def by_case(cases, paths) -> dict[str, str]:
+    """``{case: path}`` of a per-case input: the rule declares ``paths`` from the same
+    case list as its ``params.cases``, in the same order."""
+    return dict(zip(strs(cases), strs(paths), strict=True))

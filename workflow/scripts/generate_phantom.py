@@ -1,4 +1,5 @@
-"""Job script of rule generate_phantom: see fsmis.pipeline.generate_phantom."""
+"""Job script of rule generate_phantom, the fetch step of every dataset of source kind
+"generated": see fsmis.pipeline.generate."""
 
 from fsmis_job import parent, start, strs
 
@@ -6,7 +7,7 @@ tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
 from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
 
-pipeline.generate_phantom(
+pipeline.generate(
     dataset=dict(snakemake.params.dataset),
     out_dir=parent(snakemake.output.images[0]),
     cases=strs(snakemake.params.cases),

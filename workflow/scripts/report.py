@@ -1,19 +1,23 @@
 """Job script of rule report: see fsmis.pipeline.report."""
 
-from fsmis_job import one, parent, start, strs
+from fsmis_job import by_case, one, parent, start, strs
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
 from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
 
 pipeline.report(
+    # metrics, per_case and predictions: one entry per evaluation, in one order
     metrics_paths=strs(snakemake.input.metrics),
+    per_case_paths=strs(snakemake.input.per_case),
+    prediction_dirs=strs(snakemake.input.predictions),
     train_logs=strs(snakemake.input.train_logs),
     config=dict(snakemake.config),
-    # results/data/{ds}: the folder of classmap.json and preprocessed/
-    data_dir=parent(snakemake.input.classmap),
+    images=by_case(snakemake.params.cases, snakemake.input.images),
+    labels=by_case(snakemake.params.cases, snakemake.input.labels),
+    splits_json=one(snakemake.input.splits),
+    # the report folder: every output is a file in it (fsmis.paths report_*)
     out_dir=parent(snakemake.output.qualitative),
     tracking=tracking,
-    splits_json=one(snakemake.input.splits),
     published_csv=one(snakemake.input.published),
 )

@@ -1,6 +1,6 @@
 """Job script of rule train: see fsmis.pipeline.train."""
 
-from fsmis_job import one, parent, start
+from fsmis_job import by_case, one, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
@@ -13,9 +13,9 @@ pipeline.train(
     group=snakemake.wildcards.group,
     config=dict(snakemake.config),
     splits_json=one(snakemake.input.splits),
-    # results/data/{ds}: the folder of classmap.json, preprocessed/ and superpixels/
-    data_dir=parent(snakemake.input.classmap),
     classmap_json=one(snakemake.input.classmap),
+    images=by_case(snakemake.params.cases, snakemake.input.images),
+    superpixels=by_case(snakemake.params.cases, snakemake.input.superpixels),
     model_out=one(snakemake.output.model),
     log_out=one(snakemake.output.train_log),
     threads=snakemake.threads,

@@ -1,5 +1,6 @@
 """Per-modality resampling and intensity handling, as in the SSL-ALPNet reference
-(ssl_alpnet.md §3.1) with the in-plane output size as a parameter.
+(docs/methods.md, 'SSL-ALPNet: preprocessing') with the in-plane output size as a
+parameter.
 
 CT: clip to ``ct_window``, min-max the clipped volume to 0..255, drop
 ``border_crop`` of the field of view on each in-plane side, resample in-plane

@@ -1,4 +1,5 @@
-"""Cross-validation folds as the SSL-ALPNet reference builds them (ssl_alpnet.md §4).
+"""Cross-validation folds as the SSL-ALPNet reference builds them (docs/methods.md,
+'SSL-ALPNet: folds').
 
 Cases in natural order are cut into ``n_folds`` contiguous, near-equal blocks (the
 reference's ``_SEP = [0, 4, 8, ...]``). Fold k tests block k; its support scan is the

@@ -1,4 +1,5 @@
-"""Superpixel pseudo-labels for self-supervised episodes (ssl_alpnet.md §3.2).
+"""Superpixel pseudo-labels for self-supervised episodes (docs/methods.md,
+'SSL-ALPNet: superpixel pseudo-labels').
 
 Per axial slice of a preprocessed volume: ``skimage.segmentation.felzenszwalb`` with
 ``scale`` 1, ``sigma`` 1 and ``min_size`` 400 on the stored intensities (CT 0..255;
@@ -12,7 +13,7 @@ exactly the reference value.
 
 Ids are consecutive 1..K per slice. The reference's renumbering drops the segment
 skimage numbered 0 (which can lie inside the body), keeps ids of segments outside the
-mask and leaves a gap at the top (ssl_alpnet.md §7.1); one ``np.unique`` pass here
+mask and leaves a gap at the top ('SSL-ALPNet: known defects'); one ``np.unique`` pass here
 keeps every in-body segment and leaves no gaps.
 """
 

@@ -5,13 +5,13 @@ names its files ``<name>-<h>.pth`` where ``<h>`` is the first 8 hex digits of th
 file's sha256 (what its own ``check_hash`` verifies); :data:`KNOWN` records that
 prefix, and the full sha256 where an entry gives one (``"sha256"``).
 
-:func:`fetch` uses the resumable, retrying transfer of :mod:`fsmis.data.zenodo`
-(:func:`~fsmis.data.zenodo.fetch_url`): the file is streamed to ``<file>.part``
-(resumed with a Range request after an interruption), its sha256 checked, then it is
-loaded once with ``torch.load(weights_only=True)`` to make sure it is a state dict with
-a ResNet stem (``backbone.conv1.weight`` or ``conv1.weight``), renamed to ``<file>``,
-and a sidecar ``<file>.sha256`` (``sha256sum`` format) is written. A rerun that finds
-the file and a matching sidecar downloads (and reads) nothing.
+:func:`fetch` hands the transfer to :func:`fsmis.data.download.fetch_verified`
+(resumed ``<file>.part``, transient failures retried with back-off, one fresh download
+after a wrong sha256, sidecar ``<file>.sha256`` in ``sha256sum`` format; a rerun that
+finds the file and a matching sidecar downloads and reads nothing). What is specific
+to weights is here: the table, and that verified bytes are loaded once with
+``torch.load(weights_only=True)`` to make sure they are a state dict with a ResNet stem
+(``backbone.conv1.weight`` or ``conv1.weight``) before they are kept.
 
 The download folder defaults to the entry's URL; ``base_url`` or ``$FSMIS_WEIGHTS_URL``
 (a folder URL; the file name is appended) point elsewhere, for tests and offline
@@ -31,20 +31,13 @@ import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
-from fsmis.data.zenodo import (
-    DigestMismatch,
-    DownloadError,
-    _read_sidecar,
-    _write_sidecar,
-    fetch_url,
-    file_digest,
-)
+from fsmis.data.download import ChecksumError, DownloadError, Transfer, fetch_verified, plain_name
+from fsmis.envvars import FSMIS_WEIGHTS_URL
 from fsmis.errors import InputError
 
-__all__ = ["KNOWN", "URL_ENV", "WeightsError", "WeightsChecksumError", "fetch", "file_name",
+__all__ = ["KNOWN", "WeightsError", "WeightsChecksumError", "fetch", "file_name",
            "check_state_dict", "main"]
 
-URL_ENV = "FSMIS_WEIGHTS_URL"
 _TORCHVISION = "https://download.pytorch.org/models"
 
 #: name -> {"url", "sha256_prefix", "file"[, "sha256"]}; ``file`` is the last part of ``url``
@@ -78,12 +71,8 @@ class WeightsError(DownloadError):
     """Weights could not be fetched: unknown name, not found, or failed after the retries."""
 
 
-class WeightsChecksumError(InputError):
+class WeightsChecksumError(ChecksumError):
     """The downloaded bytes do not have the sha256 the table states."""
-
-    def __init__(self, path, expected: str, actual: str, detail: str = ""):
-        self.expected, self.actual = expected, actual
-        super().__init__(path, f"sha256 mismatch: expected {expected}, got {actual}{detail}")
 
 
 def _entry(name: str) -> dict[str, str]:
@@ -92,7 +81,7 @@ def _entry(name: str) -> dict[str, str]:
     except KeyError:
         raise WeightsError(f"unknown weights {name!r}; known: {', '.join(sorted(KNOWN))}") from None
     file = entry["file"]
-    if file in ("", ".", "..") or "/" in file or "\\" in file:
+    if not plain_name(file):
         raise WeightsError(f"weights {name!r}: refusing file name {file!r}")
     prefix = entry["sha256_prefix"].lower()
     full = entry.get("sha256", "").lower()
@@ -109,23 +98,10 @@ def file_name(name: str) -> str:
     return _entry(name)["file"]
 
 
-def _expected(entry: dict[str, str]) -> str:
-    full = entry.get("sha256", "").lower()
-    return full or f"{entry['sha256_prefix'].lower()}..."
-
-
-def _matches(entry: dict[str, str], digest: str | None) -> bool:
-    if not digest:
-        return False
-    digest = digest.lower()
-    full = entry.get("sha256", "").lower()
-    return digest == full if full else digest.startswith(entry["sha256_prefix"].lower())
-
-
 def url_of(name: str, base_url: str | None = None) -> str:
     """Download URL of weights ``name``: ``base_url`` / ``$FSMIS_WEIGHTS_URL`` + file, or the table's."""
     entry = _entry(name)
-    base = base_url or os.environ.get(URL_ENV)
+    base = base_url or os.environ.get(FSMIS_WEIGHTS_URL)
     if base:
         return f"{base.rstrip('/')}/{urllib.parse.quote(entry['file'])}"
     return entry["url"]
@@ -150,78 +126,30 @@ def check_state_dict(path, report_as=None) -> None:
         )
 
 
-def fetch(
-    name: str,
-    dest_dir,
-    base_url: str | None = None,
-    retries: int = 5,
-    backoff_s: float = 2.0,
-    timeout_s: float = 60.0,
-    progress_s: float = 5.0,
-    log: logging.Logger | None = None,
-) -> Path:
+def fetch(name: str, dest_dir, base_url: str | None = None, **transfer) -> Path:
     """Download weights ``name`` (a key of :data:`KNOWN`) into ``dest_dir``; return the file.
 
-    Verified by sha256 (prefix, or full digest where known) and loaded once as a state
-    dict; a rerun that finds the file and its ``.sha256`` sidecar does nothing. Raises
-    :class:`WeightsChecksumError` (nothing left on disk) when the bytes are wrong after
-    the retries, :class:`~fsmis.errors.InputError` when they are not a ResNet state
-    dict (deleted too), and :class:`WeightsError` when the download fails.
+    Verified by sha256 (the full digest where the table has one, else the prefix) and
+    loaded once as a state dict; a rerun that finds the file and its ``.sha256`` sidecar
+    does nothing. Raises :class:`WeightsChecksumError` (nothing left on disk) when the
+    bytes are wrong after the retries, :class:`~fsmis.errors.InputError` when they are
+    not a ResNet state dict (deleted too), and :class:`WeightsError` when the download
+    fails. ``transfer``: the keywords of :class:`fsmis.data.download.Transfer`.
     """
-    log = log or _log
     entry = _entry(name)
-    url = url_of(name, base_url)
-    dest_dir = Path(dest_dir)
-    dest_dir.mkdir(parents=True, exist_ok=True)
-    final = dest_dir / entry["file"]
-    part = dest_dir / f"{entry['file']}.part"
-    sidecar = dest_dir / f"{entry['file']}.sha256"
-
-    if final.exists():
-        recorded = _read_sidecar(sidecar)
-        if _matches(entry, recorded) and sidecar.stat().st_mtime_ns >= final.stat().st_mtime_ns:
-            log.info("%s: already downloaded and verified (sha256 %s)", final, recorded)
-            return final
-        # No/old sidecar (e.g. a run died between rename and sidecar): verify the bytes.
-        digest = file_digest(final, "sha256")
-        if _matches(entry, digest):
-            check_state_dict(final)
-            _write_sidecar(sidecar, digest, final.name)
-            log.info("%s: present and verified (sha256 %s)", final, digest)
-            return final
-        log.warning("%s: sha256 %s is not the expected %s; downloading it again", final, digest, _expected(entry))
-        final.unlink()
-        sidecar.unlink(missing_ok=True)
-
-    log.info("%s: downloading %s from %s", final.name, name, url)
-    try:
-        digest = fetch_url(
-            url, part, lambda d: _matches(entry, d), _expected(entry), name=final.name,
-            size=int(entry["size"]) if entry.get("size") else None, hash_name="sha256",
-            retries=retries, backoff_s=backoff_s, timeout_s=timeout_s, progress_s=progress_s,
-            log=log, error=WeightsError,
-        )
-    except DigestMismatch as err:
-        raise WeightsChecksumError(
-            final, _expected(entry), err.actual,
-            f" after {err.attempts} complete downloads (from {url}); deleted the partial file",
-        ) from None
-    try:
-        check_state_dict(part, report_as=final)
-    except InputError:
-        part.unlink(missing_ok=True)
-        raise
-    os.replace(part, final)
-    _write_sidecar(sidecar, digest, final.name)
-    log.info("%s: verified (sha256 %s) and loads as a state dict", final, digest)
-    return final
+    return fetch_verified(
+        url_of(name, base_url), dest_dir, entry["file"], entry.get("sha256") or entry["sha256_prefix"],
+        "sha256", int(entry["size"]) if entry.get("size") else None,
+        check=lambda path, final: check_state_dict(path, report_as=final),
+        transfer=Transfer.of(transfer, _log), error=WeightsError, checksum_error=WeightsChecksumError,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Download verified pretrained backbone weights.")
     parser.add_argument("name", nargs="?", help=f"one of: {', '.join(KNOWN)} (none: list them)")
     parser.add_argument("--dest", default=".", help="target folder (default: .)")
-    parser.add_argument("--base-url", default=None, help=f"folder URL to fetch from (default: ${URL_ENV} "
+    parser.add_argument("--base-url", default=None, help=f"folder URL to fetch from (default: ${FSMIS_WEIGHTS_URL} "
                         "or the table's URL)")
     parser.add_argument("--retries", type=int, default=5)
     args = parser.parse_args(argv)
@@ -231,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{key}\t{entry['file']}\t{entry['sha256_prefix']}\t{url_of(key, args.base_url)}")
         return 0
     try:
-        print(fetch(args.name, args.dest, args.base_url, args.retries))
+        print(fetch(args.name, args.dest, args.base_url, retries=args.retries))
     except (DownloadError, InputError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

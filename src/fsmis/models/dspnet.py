@@ -16,10 +16,10 @@ support prototypes before the cosine head:
 - Head: 20 x cosine, several prototypes of a class merged by soft-max pooling;
   query loss (weighted CE) by the trainer, support alignment loss below.
 
-The reference dossier is ``shared/reference/dspnet.md`` (paragraphs cited as §).
+The facts relied on are stated in ``docs/methods.md`` (its 'DSPNet: ...' sections).
 Two variants (``variant``) because the code does not compute what the paper says:
 
-``variant="code"`` -- what the public code computes (§3.2-3.5):
+``variant="code"`` -- what the public code computes ('DSPNet: code vs paper'):
   * RAN feeds only FSPA's attention logits; clustering, BCMA and local prototypes
     use the raw support feature ``F_s``.
   * FSPA: centres from clustering raw ``F_s`` (no gradient); logits are raw dot
@@ -32,9 +32,9 @@ Two variants (``variant``) because the code does not compute what the paper says
     BCMA at ``alpha_fg``) next to ``P_f`` whenever a ``fg_switch_window`` cell is
     covered >= ``threshold`` (ALPNet's 'gridconv+' / 'mask' switch).
   * The alignment pass (query prediction -> prototypes -> support) always uses the
-    MAP-attention form of FSPA (the reference's ``alignLoss`` branch, §3.6), hence
+    MAP-attention form of FSPA (the reference's ``alignLoss`` branch), hence
     the ``alignment_loss`` override below.
-``variant="paper"`` -- the equations as published (Figs. 2, 4, 5, Eq. 1-2, §3.3-3.4):
+``variant="paper"`` -- the equations as published (Figs. 2, 4, 5, Eq. 1-2):
   * RAN output ``F^_s`` feeds FSPA (clustered, attended, pooled) and BCMA.
   * FSPA: cosine similarity of ``F^_s`` to the cluster prototypes, softmax over the
     clusters, ``P_f = MAP(P_c softmax_clusters(cos(F^_s, P_c)))``; no residual.
@@ -61,8 +61,9 @@ RAN's softmax are flushed to zero (subnormal numbers slow CPU products ~10x).
 
 What to expect: in the code variant RAN shifts FSPA's logits by a nearly constant
 amount, which the spatial softmax ignores, and the FSPA term is a few percent of
-``P_f`` (§3.2-3.3, §3.7): code-DSPNet is SSL-ALPNet plus a channel filter on the
-local prototypes. RAN costs ``O((hw)^2 C)``: one ``hw x hw x C`` product forward and
+``P_f`` (docs/methods.md, 'DSPNet: what the code computes in effect'):
+code-DSPNet is SSL-ALPNet plus a channel filter on the local prototypes.
+RAN costs ``O((hw)^2 C)``: one ``hw x hw x C`` product forward and
 two backward, shared by the main and the alignment pass. With the CPU demo backbone
 (32 x 32 x 64 features) that is about 70% of the backbone's arithmetic, so a
 training step costs well above an SSL-ALPNet step (``benchmarks/train_step.py``);
@@ -70,23 +71,23 @@ training step costs well above an SSL-ALPNet step (``benchmarks/train_step.py``)
 backward (the reference differentiates through them) and saves about a third of the
 difference. With ResNet-101 features the backbone dominates.
 
-Reference defects (§7.2) and what we do:
-  * ``cal`` is not restored from a checkpoint at test time (§7.2 item 8: the
+Reference defects (docs/methods.md, 'DSPNet: known defects') and what we do:
+  * ``cal`` is not restored from a checkpoint at test time (the
     module is created after ``load_state_dict(strict=False)``). Ours: ``cal`` is
     in the state dict and restored (``restore_cal=True``: a saved and reloaded
     model gives identical logits); ``restore_cal=False`` reproduces the reference
     (loading resets ``cal`` to its banded initialisation).
   * ``cal`` is trained at 1e-4 x the learning rate through an optimiser parameter
-    group (§2.1). Ours: its gradient is multiplied by ``cal_lr_scale`` (1e-4), so the
+    group. Ours: its gradient is multiplied by ``cal_lr_scale`` (1e-4), so the
     shared trainer needs no method-specific groups. Difference: SGD's weight decay
     shrinks ``cal`` at the full rate, a uniform rescaling of the refined prototypes
     that the cosine head does not see.
   * background alpha hard-coded 0.2 while the README's alpha only reaches the
-    foreground (§7.2 item 9): both are named (``alpha_bg``, ``alpha_fg``).
+    foreground: both are named (``alpha_bg``, ``alpha_fg``).
   * seeds counted with ``nonzero`` on each coordinate (a seed on row 0 or column 0
-    is lost, §7.2 item 10): ``seed_count="exact"`` (default) counts the seeds
+    is lost): ``seed_count="exact"`` (default) counts the seeds
     placed; ``"nonzero"`` reproduces the reference.
-  * GPU-only construction, ``cal`` fixed at 256 x 256, batch 1 (§7.2 item 18): ours
+  * GPU-only construction, ``cal`` fixed at 256 x 256, batch 1: ours
     runs on the input's device, ``cal`` is ``C x C``, several queries per call.
   * no background window above the threshold: ``empty_bg`` as in SSL-ALPNet.
 
@@ -97,6 +98,9 @@ shared by the alignment pass (the similarity of query to support is its transpos
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -111,76 +115,103 @@ from fsmis.models.dsr_blocks import (
     fspa_paper,
     place_seeds,
 )
-from fsmis.models.fewshot import FewShotSegmenter
-from fsmis.models.ssl_alpnet import EmptyPrototypeSet
+from fsmis.models.fewshot import EmptyPrototypeSet, FewShotSegmenter
+from fsmis.models.params import EmptyBg, LocalPooling, MethodParams, cosine_scale, empty_bg, group, param
 
-VARIANTS = ("code", "paper")
 SEED_LEVEL = 0.5  # feature-grid mask value from which a cell counts for seed placement
 INTERIOR_LEVEL = 1.0 - 1e-6  # cells clustered: the reference's "mask == 1"
 
 
+@dataclass(frozen=True)
+class DSPNetParams(MethodParams):
+    """DSPNet (Tang et al., MedIA 2025): SSL-ALPNet plus a detail self-refining block (RAN, FSPA, BCMA) on the
+    support prototypes; fsmis.models.dspnet says where the code and the paper differ."""
+
+    variant: Literal["code", "paper"] = param("code", """
+        "code": what the public code computes (RAN only in FSPA's attention logits; raw dot products; FSPA softmax
+        over positions with a residual before pooling; ALPNet's foreground local prototypes kept); "paper": the
+        published equations (cosine similarities, FSPA softmax over clusters, RAN output feeding FSPA and BCMA, one
+        foreground prototype). See fsmis.models.dspnet.""")
+    ran: bool = param(True, "Resemblance attention of the support feature against the query (off, the support "
+                            "feature is used as it is).")
+    fspa: bool = param(True, "Foreground semantic prototype attention (off, the foreground prototype is the masked "
+                             "average).")
+    bcma: bool = param(True, "Background channel-structural attention on the local prototypes (off, plain pooled "
+                             "local prototypes).")
+    scale: float = cosine_scale("Temperature multiplying the cosine similarity of the segmentation head.")
+    pooling: LocalPooling = group(LocalPooling, notes={"fg_switch_window": "Code variant only."})
+    avg_cluster_area: float = param(100.0, """Foreground feature cells per FSPA cluster; the cluster count is
+        min(round(area / avg_cluster_area), max_clusters) (the reference's avg_sp_area).""", gt=0)
+    max_clusters: int = param(5, "Largest number of foreground clusters (the reference's max_num_sp).", ge=1)
+    min_clusters: int = param(2, """Fewer clusters than this and FSPA does not cluster: the code variant attends
+        with the single prototype MAP(RAN output), the paper variant's one cluster is the foreground's masked
+        average (the reference falls back below 2).""", ge=1)
+    cluster_iters: int = param(10, "Iterations of the feature + position soft clustering.", ge=0)
+    cluster_feat_scale: float = param(100.0, "Divisor of the squared feature distance in the clustering "
+                                             "distance.", gt=0)
+    cluster_pos_scale: float = param(100.0, "Divisor of the squared position distance (feature cells) in the "
+                                            "clustering distance.", gt=0)
+    seed_count: Literal["exact", "nonzero"] = param("exact", """"exact" counts the cluster seeds placed (ours);
+        "nonzero" counts them as the reference does, from the nonzero coordinates, which loses seeds on row or
+        column 0.""")
+    fspa_temperature: float = param(1.0, "Multiplier of FSPA's attention logits before the softmax (1 in the code; "
+                                         "the paper gives none).", gt=0)
+    alpha_fg: float = param(0.2, """BCMA strength (the paper's beta) for the code variant's foreground local
+        prototypes (the reference's self.a; README: 0.3 for Setting 1 abdomen, 0.2 for Setting 2).""", ge=0)
+    alpha_bg: float = param(0.2, "BCMA strength for the background prototypes (hard-coded 0.2 in the reference).",
+                            ge=0)
+    bcma_taps: tuple[float, ...] = param((0.3, 0.8, 0.3), """Initial channel weights (w1, w2, w3) on the channel
+        diagonals -1, 0, +1; an odd number of taps sets the neighbour band (reference default; its README lists
+        (0.2, 0.8, 0.2) for Setting 1 abdomen, (0.1, 0.9, 0.1) cardiac, (0.3, 0.6, 0.3) Setting 2).""", min_items=1)
+    bcma_temperature: float = param(1.0, "Multiplier of BCMA's channel-similarity logits before the softmax (1 in "
+                                         "the code).", gt=0)
+    cal_lr_scale: float = param(1e-4, "Factor on the gradient of BCMA's learnable channel weights (the reference "
+                                      "trains them at 1e-4 x the learning rate).", ge=0)
+    restore_cal: bool = param(True, """Load BCMA's learnable channel weights from a checkpoint (ours); false resets
+        them to their initial values on loading, as the reference does at test time.""")
+    ran_eps: float = param(1e-5, "Lower bound of the feature norms in RAN's cosine similarity.", gt=0)
+    ran_grad: bool = param(True, """Back-propagate through RAN's attention weights (as the reference); false treats
+        them as constants, which saves about a third of DSPNet's extra cost on a CPU.""")
+    empty_bg: EmptyBg = empty_bg()
+
+
 class DSPNet(FewShotSegmenter):
-    def __init__(self, backbone, variant="code", ran=True, fspa=True, bcma=True, scale=20.0, threshold=0.95,
-                 train_window=4, test_window=2, fg_switch_window=4, avg_cluster_area=100.0, max_clusters=5,
-                 min_clusters=2, cluster_iters=10, cluster_feat_scale=100.0, cluster_pos_scale=100.0,
-                 seed_count="exact", fspa_temperature=1.0, alpha_fg=0.2, alpha_bg=0.2, bcma_taps=(0.3, 0.8, 0.3),
-                 bcma_temperature=1.0, cal_lr_scale=1e-4, restore_cal=True, ran_eps=1e-5, ran_grad=True,
-                 empty_bg="global", align=True):
-        super().__init__(backbone, align=align)
-        if variant not in VARIANTS:
-            raise ValueError(f"variant must be one of {VARIANTS}, got {variant!r}")
-        if seed_count not in ("exact", "nonzero"):
-            raise ValueError(f"seed_count must be 'exact' or 'nonzero', got {seed_count!r}")
-        if empty_bg not in ("global", "raise"):
-            raise ValueError(f"empty_bg must be 'global' or 'raise', got {empty_bg!r}")
-        self.variant = variant
-        self.ran, self.fspa, self.bcma = bool(ran), bool(fspa), bool(bcma)
-        self.scale = float(scale)
-        self.threshold = float(threshold)
-        self.train_window, self.test_window = int(train_window), int(test_window)
-        self.fg_switch_window = int(fg_switch_window)
-        self.avg_cluster_area = float(avg_cluster_area)
-        self.max_clusters, self.min_clusters = int(max_clusters), int(min_clusters)
-        self.cluster_iters = int(cluster_iters)
-        self.cluster_feat_scale, self.cluster_pos_scale = float(cluster_feat_scale), float(cluster_pos_scale)
-        self.seed_count = seed_count
-        self.fspa_temperature = float(fspa_temperature)
-        self.alpha_fg, self.alpha_bg = float(alpha_fg), float(alpha_bg)
-        self.bcma_temperature = float(bcma_temperature)
-        self.ran_eps = float(ran_eps)
-        self.ran_grad = bool(ran_grad)
-        self.empty_bg = empty_bg
-        if self.bcma:
-            self.channel_attention = ChannelAttention(backbone.out_channels, taps=bcma_taps, lr_scale=cal_lr_scale,
-                                                      restore=restore_cal)
+    Params = DSPNetParams
+
+    def __init__(self, backbone, params: DSPNetParams | None = None, *, align=True):
+        super().__init__(backbone, params, align=align)
+        p = self.params
+        if p.bcma:
+            self.channel_attention = ChannelAttention(backbone.out_channels, taps=p.bcma_taps,
+                                                      lr_scale=p.cal_lr_scale, restore=p.restore_cal)
 
     @property
     def window(self) -> int:
-        return self.train_window if self.training else self.test_window
+        return self.params.pooling.window(self.training)
 
     # -- support-only work ------------------------------------------------------------
     def support_state(self, feats, fg, cluster=True):
         """``feats [1,C,h,w]``, ``fg [1,1,h,w]``; ``cluster=False`` skips FSPA's
         clustering (the code variant's alignment pass)."""
         state = {"feats": feats, "mask": fg, "mask_sum": fg.sum(), "window": self.window,
-                 "plan": self._cluster_plan(fg) if (self.fspa and cluster) else None}
-        if self.variant == "code":
+                 "plan": self._cluster_plan(fg) if (self.params.fspa and cluster) else None}
+        if self.params.variant == "code":
             self._code_support(state)
         else:
-            state["bg_cells"] = F.avg_pool2d(1.0 - fg, state["window"]).flatten() > self.threshold
+            state["bg_cells"] = F.avg_pool2d(1.0 - fg, state["window"]).flatten() > self.params.pooling.threshold
             state["fg_idx"] = torch.nonzero(fg.flatten() > 0).flatten()
-            if not self.ran:  # nothing depends on the query
+            if not self.params.ran:  # nothing depends on the query
                 state["protos"] = self._paper_prototypes(feats, state)
         return state
 
     def _cluster_plan(self, fg):
         """Seeds and clustered cells, or ``None`` (fewer than ``min_clusters``)."""
         binary = fg[0, 0] >= SEED_LEVEL
-        n = cluster_count(int(binary.sum()), self.avg_cluster_area, self.max_clusters)
-        if n < self.min_clusters:
+        n = cluster_count(int(binary.sum()), self.params.avg_cluster_area, self.params.max_clusters)
+        if n < self.params.min_clusters:
             return None
         seeds = place_seeds(binary, n)
-        if self.seed_count == "nonzero":
+        if self.params.seed_count == "nonzero":
             kept = max(int(torch.count_nonzero(seeds[:, 0])), int(torch.count_nonzero(seeds[:, 1])))
             seeds = seeds[:kept]
         roi = torch.nonzero(fg.flatten() >= INTERIOR_LEVEL).flatten()
@@ -194,32 +225,33 @@ class DSPNet(FewShotSegmenter):
         """Cluster centres ``[B, C, k]`` of ``flat [B, C, n]`` following ``plan``."""
         seeds = plan["seeds"].t().to(flat.dtype).expand(flat.shape[0], -1, -1)
         init = torch.cat([flat[:, :, plan["seed_idx"]], seeds], 1).detach()
-        return cluster_centres(flat[:, :, plan["roi"]], plan["roi_pos"], init, self.cluster_iters,
-                               self.cluster_feat_scale, self.cluster_pos_scale, grad=grad)
+        return cluster_centres(flat[:, :, plan["roi"]], plan["roi_pos"], init, self.params.cluster_iters,
+                               self.params.cluster_feat_scale, self.params.cluster_pos_scale, grad=grad)
 
     def _select(self, refined, cells, feats, mask):
         """Prototypes ``[B, K, C]`` of the kept cells; the empty-set policy if none."""
         protos = refined[:, :, cells].transpose(1, 2)
         if protos.shape[1] == 0:
-            if self.empty_bg == "raise":
+            if self.params.empty_bg == "raise":
                 raise EmptyPrototypeSet("no background window above threshold")
             protos = P.masked_average(feats, mask)[:, None]
         return protos
 
     def _code_support(self, st):
-        f, m, win = st["feats"], st["mask"], st["window"]
+        p, f, m, win = self.params, st["feats"], st["mask"], st["window"]
+        threshold = p.pooling.threshold
         pooled = F.avg_pool2d(f, win).flatten(2)  # [1, C, N]
-        refined_bg = self.channel_attention(pooled, self.alpha_bg, "dot", self.bcma_temperature) if self.bcma else pooled
-        st["bg"] = self._select(refined_bg, F.avg_pool2d(1.0 - m, win).flatten() > self.threshold, f, 1.0 - m)[0]
-        if P.max_window_coverage(m, self.fg_switch_window) >= self.threshold:
+        refined_bg = self.channel_attention(pooled, p.alpha_bg, "dot", p.bcma_temperature) if p.bcma else pooled
+        st["bg"] = self._select(refined_bg, F.avg_pool2d(1.0 - m, win).flatten() > threshold, f, 1.0 - m)[0]
+        if P.max_window_coverage(m, p.pooling.fg_switch_window) >= threshold:
             refined_fg = refined_bg
-            if self.bcma and self.alpha_fg != self.alpha_bg:
-                refined_fg = self.channel_attention(pooled, self.alpha_fg, "dot", self.bcma_temperature)
-            st["fg_local"] = refined_fg[0][:, F.avg_pool2d(m, win).flatten() > self.threshold].t()
+            if p.bcma and p.alpha_fg != p.alpha_bg:
+                refined_fg = self.channel_attention(pooled, p.alpha_fg, "dot", p.bcma_temperature)
+            st["fg_local"] = refined_fg[0][:, F.avg_pool2d(m, win).flatten() > threshold].t()
         else:
             st["fg_local"] = f.new_zeros(0, f.shape[1])
         st["map"] = P.masked_average(f, m)  # [1, C]
-        if self.fspa and st["plan"] is not None:
+        if p.fspa and st["plan"] is not None:
             flat = f.flatten(2)
             centres = self._clusters(flat, st["plan"], grad=False)[0]  # [C, k], no gradient (reference)
             st["centres"] = centres
@@ -228,11 +260,11 @@ class DSPNet(FewShotSegmenter):
     # -- query-dependent work -----------------------------------------------------------
     def _kernel(self, sup_f, qry_f):
         """RAN kernel ``[B, n_sup, n_qry]``, or ``None`` when nothing consumes RAN."""
-        if not self.ran or (self.variant == "code" and not self.fspa):
+        if not self.params.ran or (self.params.variant == "code" and not self.params.fspa):
             return None
         if sup_f.shape[-2:] != qry_f.shape[-2:]:
             raise ValueError("RAN needs support and query features on the same grid")
-        return ResemblanceKernel(sup_f.flatten(2), qry_f.flatten(2), self.ran_eps, grad=self.ran_grad)
+        return ResemblanceKernel(sup_f.flatten(2), qry_f.flatten(2), self.params.ran_eps, grad=self.params.ran_grad)
 
     def score(self, query_feats, state):
         return self._score(query_feats, state, self._kernel(state["feats"], query_feats))
@@ -242,9 +274,9 @@ class DSPNet(FewShotSegmenter):
         if kernel is None:
             kernel = self._kernel(state["feats"], query_feats)
         b = query_feats.shape[0]
-        if self.variant == "code":
+        if self.params.variant == "code":
             p_f = state["map"].expand(b, -1)
-            if self.fspa:
+            if self.params.fspa:
                 p_f = p_f + self._code_fspa(state, kernel)  # the code's residual: MAP(F_s) + FSPA
             return {"fg": torch.cat([state["fg_local"].expand(b, -1, -1), p_f[:, None]], 1), "bg": state["bg"][None]}
         if kernel is None:  # paper variant without RAN: computed in support_state
@@ -253,8 +285,8 @@ class DSPNet(FewShotSegmenter):
 
     def _score(self, q, st, kernel):
         protos = self.prototypes(q, st, kernel)
-        return torch.cat([P.softmax_pool(P.cosine_scores(q, protos["bg"], self.scale)),
-                          P.softmax_pool(P.cosine_scores(q, protos["fg"], self.scale))], dim=1)
+        return torch.cat([P.softmax_pool(P.cosine_scores(q, protos["bg"], self.params.scale)),
+                          P.softmax_pool(P.cosine_scores(q, protos["fg"], self.params.scale))], dim=1)
 
     def _code_fspa(self, st, kernel):
         """FSPA term of the code's ``P_f = MAP(F_s) + FSPA``: ``[B, C]``."""
@@ -269,7 +301,7 @@ class DSPNet(FewShotSegmenter):
             protos, logits = p0[:, None], torch.matmul(flat.transpose(1, 2), p0[..., None])  # [B, 1, C], [B, n, 1]
         if kernel is not None:  # P^T F^_s = P^T F_s + W (F_s^T P)
             logits = logits + kernel.attend(values=logits)[0]
-        return fspa_code(logits, m, protos, self.fspa_temperature)
+        return fspa_code(logits, m, protos, self.params.fspa_temperature)
 
     def _refined_support(self, feats, kernel):
         """RAN output ``F^_s [B, C, h, w]`` from the support ``[1, C, h, w]``."""
@@ -281,19 +313,19 @@ class DSPNet(FewShotSegmenter):
         """Paper FSPA and BCMA on the (RAN-refined) support ``fh [B, C, h, w]``:
         ``{"fg": [B, 1, C], "bg": [B, K, C]}``."""
         m = st["mask"]
-        if self.fspa:
+        if self.params.fspa:
             flat = fh.flatten(2)
             if st["plan"] is not None:
                 centres = self._clusters(flat, st["plan"], grad=True)  # [B, C, k]
             else:  # a single cluster: the foreground mean
                 centres = P.masked_average(fh, m)[..., None]
             idx = st["fg_idx"]
-            p_f = fspa_paper(flat[:, :, idx], m.flatten(1)[:, idx], centres, self.fspa_temperature)
+            p_f = fspa_paper(flat[:, :, idx], m.flatten(1)[:, idx], centres, self.params.fspa_temperature)
         else:
             p_f = P.masked_average(fh, m)
         pooled = F.avg_pool2d(fh, st["window"]).flatten(2)
-        if self.bcma:
-            pooled = self.channel_attention(pooled, self.alpha_bg, "cosine", self.bcma_temperature)
+        if self.params.bcma:
+            pooled = self.channel_attention(pooled, self.params.alpha_bg, "cosine", self.params.bcma_temperature)
         return {"fg": p_f[:, None], "bg": self._select(pooled, st["bg_cells"], fh, 1.0 - m)}
 
     # -- training ------------------------------------------------------------------------
@@ -316,7 +348,7 @@ class DSPNet(FewShotSegmenter):
         MAP-attention here (no clustering, as the reference's ``alignLoss``), and the
         RAN kernel of the main pass is reused transposed (query as support)."""
         pred_fg = P.foreground(scores[:1]).float()
-        state = self.support_state(qry_f[:1], pred_fg, cluster=self.variant == "paper")
+        state = self.support_state(qry_f[:1], pred_fg, cluster=self.params.variant == "paper")
         if kernel is None or kernel.batch != 1:
             kernel = self._kernel(qry_f[:1], sup_f)
         else:  # cos(query_j, support_i) is the main kernel transposed

@@ -10,20 +10,62 @@ segment the support) that every method here uses.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from fsmis.models import prototypes as P
+from fsmis.models.params import MethodParams
+
+
+class EmptyPrototypeSet(RuntimeError):
+    """Raised by a method's ``support_state`` when a class gets no prototype (the
+    SSL-ALPNet reference's "faulty batch"): the trainer skips the episode."""
 
 
 class FewShotSegmenter(nn.Module):
-    """Base class: subclasses implement ``support_state`` and ``score``."""
+    """Base class: subclasses implement ``support_state`` and ``score``.
 
-    def __init__(self, backbone: nn.Module, align: bool = True):
+    A method is one module with a subclass of this class, and one line in
+    ``fsmis.models.registry.METHODS``. Its hyperparameters are its ``Params``, a frozen
+    dataclass (``fsmis.models.params``); the constructor takes an instance
+    (``self.params``), :meth:`from_keywords` builds one from keywords.
+
+    Optional hooks, declared here with their defaults; callers read them from any method:
+
+    - ``Params``: the hyperparameter dataclass; the config's ``method_params.<method>``
+      and its schema are generated from it (``python -m fsmis.models.schema --write``).
+      Default: :class:`~fsmis.models.params.MethodParams`, no hyperparameters.
+    - ``takes_query_label``: ``forward`` accepts ``qry_label=[B,H,W]`` in training (for
+      a method's own losses, e.g. IPLSL's self-learning loss); the trainer passes it only
+      when this is true. Default false.
+    - ``encode``: override for features other than the backbone's (e.g. several levels
+      packed along the channels); evaluation caches what it returns per slice.
+    - ``alignment_loss`` and ``forward``: override to change the alignment pass or to
+      share work between the main and the alignment pass.
+    - ``support_state`` may raise :class:`EmptyPrototypeSet` to have the episode skipped.
+    """
+
+    Params: ClassVar[type[MethodParams]] = MethodParams
+    takes_query_label: ClassVar[bool] = False
+
+    def __init__(self, backbone: nn.Module, params: MethodParams | None = None, *, align: bool = True):
         super().__init__()
+        if params is None:
+            params = self.Params()
+        elif not isinstance(params, self.Params):
+            raise TypeError(f"{type(self).__name__} takes {self.Params.__name__}, got {type(params).__name__}")
+        self.params = params
         self.backbone = backbone
         self.align = align
+
+    @classmethod
+    def from_keywords(cls, backbone: nn.Module, **keywords) -> FewShotSegmenter:
+        """The method with ``Params`` built from keywords (config names and values,
+        validated as the config's are)."""
+        return cls(backbone, cls.Params.from_dict(keywords, cls.__name__))
 
     # -- pieces -----------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:

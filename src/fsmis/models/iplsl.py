@@ -2,7 +2,7 @@
 segmentation" (Song et al., Artificial Intelligence in Medicine 167:103183, 2025).
 
 **This is a reconstruction.** Only the abstract is public: no full text, code,
-losses or hyper-parameters (``shared/reference/landscape.md`` §1). What the abstract
+losses or hyper-parameters (``docs/methods.md``, 'IPLSL: what is public'). What the abstract
 states, and is implemented as stated:
 
 1. a deep encoding-decoding module learns high-level features of support and query
@@ -15,7 +15,7 @@ states, and is implemented as stated:
    background with the query's own features,
 4. and combines low-level feature maps to complement boundary information.
 
-Every concrete operator below is **our reading** (each a constructor option, the
+Every concrete operator below is **our reading** (each a field of ``IPLSLParams``, the
 default being the reading described):
 
 * levels: *mid-level* = the backbone's output feature (the map every method here
@@ -87,6 +87,9 @@ interaction, self-learning and boundary passes.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Literal
+
 import torch
 import torch.nn.functional as F
 
@@ -104,88 +107,118 @@ from fsmis.models.iplsl_blocks import (
     self_masks,
     to_grid,
 )
+from fsmis.models.params import LocalPooling, MethodParams, cosine_scale, group, param
 
-PROTOTYPE_SETS = ("mean", "local")
-HIGH_BG = ("mean", "peak")
-BOUNDARY_MODES = ("learned", "prototype")
+
+@dataclass(frozen=True)
+class IPLSLParams(MethodParams):
+    """IPLSL, reconstructed from its published abstract (fsmis.models.iplsl says which operators are ours). The
+    four switches remove one component each."""
+
+    deep_path: bool = param(True, "Deep encoding-decoding head giving high-level features and peak prototypes "
+                                  "(off, mid level only, no decoder parameters).")
+    interaction: bool = param(True, "Interactive prototype learning, support prototypes mixed with the query's own "
+                                    "mean (mid level) and peak (high level) prototypes (off, support prototypes "
+                                    "only).")
+    self_learning: bool = param(True, "Query-guided self-learning, a second pass with prototypes from the query's "
+                                      "confident cells (off, no second pass and no \"self\" loss).")
+    boundary: bool = param(True, "Boundary complement from low-level backbone features inside the predicted "
+                                 "boundary band (off, no low-level tap).")
+    scale: float = cosine_scale("Temperature multiplying the cosine similarity at every level.")
+    prototype_sets: Literal["local", "mean"] = param("local", """"local" (ours): SSL-ALPNet's local prototypes
+        (threshold and windows below) beside the mean prototypes, so the support-only pass is SSL-ALPNet's head;
+        "mean": one masked-average prototype per class, the abstract taken literally (PANet's head).""")
+    pooling: LocalPooling = group(LocalPooling, note="Local mode only.")
+    decoder_channels: int | None = param(None, "Width of the encoding-decoding head; null is half the backbone's "
+                                               "feature channels.", ge=1)
+    decoder_depth: int = param(2, "Stride-2 stages of the encoding-decoding head.", ge=1)
+    high_weight: float = param(0.5, "Share of the high-level (peak prototype) scores in each prediction; the rest "
+                                    "is the mid-level (mean prototype) scores.", ge=0, le=1)
+    peak_level: float = param(0.5, "Mask value (or query foreground probability) from which a cell enters the "
+                                   "peak prototype.", gt=0, le=1)
+    peak_topk: int = param(1, "Peak prototype = mean of the k largest masked values per channel (1, the masked "
+                              "channel maximum).", ge=1)
+    high_bg: Literal["mean", "peak"] = param("mean", "High-level background prototype, \"mean\" (masked average) or "
+                                                     "\"peak\" (masked channel maximum).")
+    high_local: bool = param(True, "Local sets only; the high level's background also gets local prototypes.")
+    interact_mix: float = param(0.5, "Interaction; each prototype becomes (1 - mix) x support + mix x query "
+                                     "prototype.", ge=0, le=1)
+    self_mix: float = param(0.5, "Self-learning; output = (1 - mix) x first prediction + mix x self-learned "
+                                 "prediction.", ge=0, le=1)
+    self_fg_threshold: float = param(0.7, "Foreground probability above which a query cell is the query's own "
+                                          "foreground (SSP's 0.7).", ge=0, le=1)
+    self_bg_threshold: float = param(0.6, "Background probability above which a query cell is the query's own "
+                                          "background (SSP's 0.6).", ge=0, le=1)
+    boundary_mode: Literal["prototype", "learned"] = param("prototype", """"prototype": inside the boundary band,
+        a share of the scores is replaced by low-level scores against the query's own low-level mean prototypes (no
+        parameters); "learned": a residual from a small conv head on the low-level feature and the class
+        probabilities.""")
+    boundary_weight: float = param(0.25, "Prototype mode; share of the low-level scores in the output inside the "
+                                         "boundary band (outside it, 0).", ge=0, le=1)
+    boundary_radius: int = param(1, "Half-width of the boundary band in feature cells (dilation minus erosion of "
+                                    "the predicted mask).", ge=0)
+    boundary_hidden: int = param(16, "Learned mode; channels of the boundary head's 3x3 convolution.", ge=1)
+    low_level_layer: str = param("auto", "Backbone submodule whose output is the low-level feature; \"auto\" is "
+                                         "stem (small_cnn) or layer1 (ResNets).")
+    self_loss_weight: float = param(1.0, "Weight of the cross-entropy of the self-learned prediction against the "
+                                         "query label (loss \"self\").", ge=0)
+    self_bg_weight: float = param(0.05, "Background class weight of the self-learning loss (as train.bg_weight).",
+                                  ge=0)
+    self_fg_weight: float = param(1.0, "Foreground class weight of the self-learning loss (as train.fg_weight).",
+                                  ge=0)
+    full_align: bool = param(False, """Alignment pass (query prediction -> prototypes -> segment the support)
+        through every pass; false (ours), through the prototype head only, about 0.2x SSL-ALPNet's step cheaper.""")
 
 
 class IPLSL(FewShotSegmenter):
+    Params = IPLSLParams
     #: ``forward`` accepts ``qry_label=`` (for the loss on the self-learned prediction)
     takes_query_label = True
 
-    def __init__(self, backbone, deep_path=True, interaction=True, self_learning=True, boundary=True, scale=20.0,
-                 prototype_sets="local", threshold=0.95, train_window=4, test_window=2, fg_switch_window=4,
-                 decoder_channels=None, decoder_depth=2, high_weight=0.5, peak_level=0.5, peak_topk=1,
-                 high_bg="mean", high_local=True, interact_mix=0.5, self_mix=0.5, self_fg_threshold=0.7,
-                 self_bg_threshold=0.6, boundary_mode="prototype", boundary_weight=0.25, boundary_radius=1,
-                 boundary_hidden=16, low_level_layer="auto", self_loss_weight=1.0, self_bg_weight=0.05,
-                 self_fg_weight=1.0, full_align=False, align=True):
-        super().__init__(backbone, align=align)
-        if prototype_sets not in PROTOTYPE_SETS:
-            raise ValueError(f"prototype_sets must be one of {PROTOTYPE_SETS}, got {prototype_sets!r}")
-        if high_bg not in HIGH_BG:
-            raise ValueError(f"high_bg must be one of {HIGH_BG}, got {high_bg!r}")
-        self.deep_path, self.interaction = bool(deep_path), bool(interaction)
-        self.self_learning, self.boundary = bool(self_learning), bool(boundary)
-        self.scale = float(scale)
-        self.prototype_sets = prototype_sets
-        self.threshold = float(threshold)
-        self.train_window, self.test_window = int(train_window), int(test_window)
-        self.fg_switch_window = int(fg_switch_window)
-        self.high_weight = float(high_weight)
-        self.peak_level, self.peak_topk = float(peak_level), int(peak_topk)
-        self.high_bg = high_bg
-        self.high_local = bool(high_local)
-        self.interact_mix, self.self_mix = float(interact_mix), float(self_mix)
-        self.self_fg_threshold, self.self_bg_threshold = float(self_fg_threshold), float(self_bg_threshold)
-        self.boundary_weight, self.boundary_radius = float(boundary_weight), int(boundary_radius)
-        self.self_loss_weight = float(self_loss_weight)
-        self.self_bg_weight, self.self_fg_weight = float(self_bg_weight), float(self_fg_weight)
-        self.full_align = bool(full_align)
+    def __init__(self, backbone, params: IPLSLParams | None = None, *, align=True):
+        super().__init__(backbone, params, align=align)
+        p = self.params
         channels = [backbone.out_channels, 0, 0]  # mid, high, low: the packed encoding
-        if self.deep_path:
-            width = max(1, backbone.out_channels // 2) if decoder_channels is None else int(decoder_channels)
-            self.decoder = EncoderDecoder(backbone.out_channels, width, int(decoder_depth))
+        if p.deep_path:
+            width = max(1, backbone.out_channels // 2) if p.decoder_channels is None else p.decoder_channels
+            self.decoder = EncoderDecoder(backbone.out_channels, width, p.decoder_depth)
             channels[1] = self.decoder.out_channels
-        if boundary_mode not in BOUNDARY_MODES:
-            raise ValueError(f"boundary_mode must be one of {BOUNDARY_MODES}, got {boundary_mode!r}")
-        self.boundary_mode = boundary_mode
-        if self.boundary:
-            self.low_level_layer = default_low_level_layer(backbone) if low_level_layer == "auto" else low_level_layer
+        if p.boundary:
+            self.low_level_layer = default_low_level_layer(backbone) if p.low_level_layer == "auto" \
+                else p.low_level_layer
             channels[2] = layer_channels(backbone.get_submodule(self.low_level_layer))
-            if boundary_mode == "learned":
-                self.boundary_head = BoundaryHead(channels[2], int(boundary_hidden))
+            if p.boundary_mode == "learned":
+                self.boundary_head = BoundaryHead(channels[2], p.boundary_hidden)
         self.channels = tuple(channels)
 
     @property
     def window(self) -> int:
-        return self.train_window if self.training else self.test_window
+        return self.params.pooling.window(self.training)
 
     # -- features -------------------------------------------------------------------------
     def encode(self, images):
         """``[B,3,H,W]`` -> mid, high and low-level maps concatenated: ``[B, sum(channels), h, w]``."""
-        if self.boundary:
+        if self.params.boundary:
             with low_level_tap(self.backbone, self.low_level_layer) as store:
                 mid = self.backbone(images)
             parts = [mid, to_grid(store[-1], mid.shape[-2:])]
         else:
             mid = self.backbone(images)
             parts = [mid]
-        if self.deep_path:
+        if self.params.deep_path:
             parts.insert(1, self.decoder(mid))
         return torch.cat(parts, 1) if len(parts) > 1 else mid
 
     def levels(self, feats):
         """The packed encoding split into ``(mid, high | None, low | None)``."""
         mid, high, low = torch.split(feats, self.channels, dim=1)
-        return mid, (high if self.deep_path else None), (low if self.boundary else None)
+        return mid, (high if self.params.deep_path else None), (low if self.params.boundary else None)
 
     def _high_proto(self, high, mask, background):
         """High-level prototype ``[B,C]`` of ``high [B,C,n]`` under ``mask [B|1,1,n]``."""
-        if background and self.high_bg == "mean":
+        if background and self.params.high_bg == "mean":
             return masked_averages(high, mask.transpose(1, 2))[:, 0]
-        return peak_prototype(high, mask, self.peak_level, self.peak_topk)
+        return peak_prototype(high, mask, self.params.peak_level, self.params.peak_topk)
 
     def _pool(self, flat, fg, bg):
         """Mean prototypes ``(fg, bg)`` ``[B,C]`` of ``flat [B,C,n]`` under ``[B,1,n]`` weights."""
@@ -194,21 +227,23 @@ class IPLSL(FewShotSegmenter):
 
     # -- support-only work ----------------------------------------------------------------
     def support_state(self, feats, fg):
+        p = self.params
+        threshold = p.pooling.threshold
         mid, high, low = self.levels(feats)
         bg = 1.0 - fg
         fg_flat, bg_flat = fg.flatten(2), bg.flatten(2)
         st = dict(zip(("mid_fg", "mid_bg"), self._pool(mid.flatten(2), fg_flat, bg_flat)))  # [1, C] each
-        if self.prototype_sets == "local":
-            local_bg = P.local_prototypes(mid, bg, self.window, self.threshold)
+        if p.prototype_sets == "local":
+            local_bg = P.local_prototypes(mid, bg, self.window, threshold)
             st["local_bg"] = local_bg if local_bg.shape[0] else st["mid_bg"]
-            covered = P.max_window_coverage(fg, self.fg_switch_window) >= self.threshold
-            st["local_fg"] = (P.local_prototypes(mid, fg, self.window, self.threshold) if covered
+            covered = P.max_window_coverage(fg, p.pooling.fg_switch_window) >= threshold
+            st["local_fg"] = (P.local_prototypes(mid, fg, self.window, threshold) if covered
                               else mid.new_zeros(0, mid.shape[1]))
         if high is not None:
             st["high_fg"] = self._high_proto(high.flatten(2), fg_flat, background=False)
             st["high_bg"] = self._high_proto(high.flatten(2), bg_flat, background=True)
-            if self.prototype_sets == "local" and self.high_local:
-                local_bg = P.local_prototypes(high, bg, self.window, self.threshold)
+            if p.prototype_sets == "local" and p.high_local:
+                local_bg = P.local_prototypes(high, bg, self.window, threshold)
                 st["high_local_bg"] = local_bg if local_bg.shape[0] else st["high_bg"]
         if low is not None:
             st["low_fg"], st["low_bg"] = self._pool(low.flatten(2), fg_flat, bg_flat)
@@ -220,7 +255,7 @@ class IPLSL(FewShotSegmenter):
         background and foreground prototype sets ``[B,K,C]``: ``scale`` x cosine, several
         prototypes of a class merged by soft-max pooling (one product for both sets)."""
         protos = P.safe_normalize(torch.cat([bg, fg], 1), dim=-1)
-        sims = torch.matmul(protos, normed) * self.scale  # [B, Kbg + Kfg, n]
+        sims = torch.matmul(protos, normed) * self.params.scale  # [B, Kbg + Kfg, n]
         kb = bg.shape[1]
         if sims.shape[1] == 2:
             return sims
@@ -234,19 +269,19 @@ class IPLSL(FewShotSegmenter):
         fg, bg = protos["mid_fg"][:, None], protos["mid_bg"][:, None]
         high_bg = protos.get("high_bg")
         high_bg = None if high_bg is None else high_bg[:, None]
-        if self.prototype_sets == "local":
+        if self.params.prototype_sets == "local":
             b = fg.shape[0]
             fg = torch.cat([st["local_fg"].expand(b, -1, -1), fg], 1)
             local_bg = st["local_bg"].expand(b, -1, -1)
             bg = torch.cat([local_bg, bg], 1) if informed else local_bg
-            if high_bg is not None and self.high_local:
+            if high_bg is not None and self.params.high_local:
                 local_bg = st["high_local_bg"].expand(b, -1, -1)
                 high_bg = torch.cat([local_bg, high_bg], 1) if informed else local_bg
         scores = self._pair(q["mid_n"], bg, fg)
         if q["high"] is None:
             return scores
         high = self._pair(q["high_n"], high_bg, protos["high_fg"][:, None])
-        return (1.0 - self.high_weight) * scores + self.high_weight * high
+        return (1.0 - self.params.high_weight) * scores + self.params.high_weight * high
 
     def query_prototypes(self, q, fg, bg, peak_fg=None):
         """The query's own prototypes from weights ``fg``, ``bg`` ``[B,1,n]``: mean
@@ -261,7 +296,7 @@ class IPLSL(FewShotSegmenter):
     def self_prototypes(self, q, first):
         """Self-learning: the query's own prototypes from its first prediction
         ``first [B,2,n]``, ``{name: [B,C]}``, and the masks ``(fg, bg)`` they were pooled on."""
-        fg, bg = self_masks(first, self.self_fg_threshold, self.self_bg_threshold)
+        fg, bg = self_masks(first, self.params.self_fg_threshold, self.params.self_bg_threshold)
         return self.query_prototypes(q, fg, bg), (fg, bg)
 
     @staticmethod
@@ -286,22 +321,22 @@ class IPLSL(FewShotSegmenter):
         b = q["mid"].shape[0]
         protos = {k: st[k].expand(b, -1) for k in ("mid_fg", "mid_bg", "high_fg", "high_bg") if k in st}
         first = self._head(q, protos, st, informed=False)
-        if self.interaction:
+        if self.params.interaction:
             prob = torch.softmax(first, dim=1)[:, 1:]
-            hard = (prob >= self.peak_level).to(prob.dtype)
+            hard = (prob >= self.params.peak_level).to(prob.dtype)
             query = self.query_prototypes(q, prob, 1.0 - prob, peak_fg=hard)
             if q["high"] is not None:  # no query cell at the peak level: the support's peak alone
                 query["high_fg"] = torch.where(hard.sum(-1) > 0, query["high_fg"], protos["high_fg"])
-            m = self.interact_mix
+            m = self.params.interact_mix
             protos = {k: (1.0 - m) * v + m * query[k] for k, v in protos.items()}
             first = self._head(q, protos, st, informed=True)
         out = {"first": first}
         scores = first
-        if self.self_learning:
+        if self.params.self_learning:
             own, masks = self.self_prototypes(q, first)
             second = self._head(q, self._keep_where_empty(own, protos, masks), st, informed=True)
             out["self"] = second
-            scores = (1.0 - self.self_mix) * first + self.self_mix * second
+            scores = (1.0 - self.params.self_mix) * first + self.params.self_mix * second
         if q["low"] is not None:
             scores = self.complement_boundary(scores, q["low"], st, grid)
         out["scores"] = scores
@@ -313,15 +348,15 @@ class IPLSL(FewShotSegmenter):
         residual (``"learned"``) or a ``boundary_weight`` share of low-level prototype
         scores (``"prototype"``)."""
         pred = P.foreground(scores).to(scores.dtype).unflatten(2, grid)
-        band = boundary_band(pred.detach(), self.boundary_radius).flatten(2)
-        if self.boundary_mode == "learned":
+        band = boundary_band(pred.detach(), self.params.boundary_radius).flatten(2)
+        if self.params.boundary_mode == "learned":
             return scores + band * self.boundary_head(low.unflatten(2, grid), scores.unflatten(2, grid)).flatten(2)
-        masks = self_masks(scores, self.self_fg_threshold, self.self_bg_threshold)
+        masks = self_masks(scores, self.params.self_fg_threshold, self.params.self_bg_threshold)
         b = low.shape[0]
         own = self._keep_where_empty(dict(zip(("low_fg", "low_bg"), self._pool(low, *masks))),
                                      {k: st[k].expand(b, -1) for k in ("low_fg", "low_bg")}, masks)
         low_scores = self._pair(P.safe_normalize(low, 1), own["low_bg"][:, None], own["low_fg"][:, None])
-        return scores + (self.boundary_weight * band) * (low_scores - scores)
+        return scores + (self.params.boundary_weight * band) * (low_scores - scores)
 
     def score(self, query_feats, state):
         return self._score(query_feats, state)["scores"]
@@ -339,10 +374,11 @@ class IPLSL(FewShotSegmenter):
         losses = {}
         if self.training and self.align:
             losses["align"] = self.alignment_loss(out["scores"], qry_f, sup_f, sup_fg)
-        if self.training and "self" in out and qry_label is not None and self.self_loss_weight:
+        p = self.params
+        if self.training and "self" in out and qry_label is not None and p.self_loss_weight:
             second = F.interpolate(out["self"], size=size, mode="bilinear", align_corners=False)
-            losses["self"] = self.self_loss_weight * P.segmentation_loss(second, qry_label, self.self_bg_weight,
-                                                                         self.self_fg_weight)
+            losses["self"] = p.self_loss_weight * P.segmentation_loss(second, qry_label, p.self_bg_weight,
+                                                                      p.self_fg_weight)
         return logits, losses
 
     def alignment_loss(self, scores, qry_f, sup_f, sup_fg):
@@ -351,7 +387,7 @@ class IPLSL(FewShotSegmenter):
         cross-entropy). ``full_align``: through every pass, as the query; default: the
         prototype head alone (no interaction, self-learning or boundary pass), which
         halves the alignment's cost."""
-        if self.full_align:
+        if self.params.full_align:
             return super().alignment_loss(scores, qry_f, sup_f, sup_fg)
         pred_fg = P.foreground(scores[:1]).to(scores.dtype)
         st = self.support_state(qry_f[:1], pred_fg)

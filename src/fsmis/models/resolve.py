@@ -1,4 +1,4 @@
-"""Which architecture and constructor keywords a method name of the config stands for.
+"""Which architecture and hyperparameters a method name of the config stands for.
 
 Standard library only: the workflow calls :func:`resolve` while it builds the job graph
 (the rules' params), and ``fsmis.models.registry`` re-exports it for the jobs.
@@ -8,12 +8,13 @@ from __future__ import annotations
 
 
 def resolve(name: str, config: dict, setting: str | None = None) -> tuple[str, dict]:
-    """``(architecture, constructor keywords)`` of a method name in a workflow config:
-    a registered method, a named variant (``config['variants']``: its ``params``
-    override the method's ``method_params``), or the ``untrained`` baseline
-    (SSL-ALPNet's network). With ``setting``, the entries of
-    ``config['method_params_by_setting'][setting][architecture]`` override both (the
-    papers tune some values per setting, e.g. DSPNet's alpha and BCMA taps)."""
+    """``(architecture, hyperparameters)`` of a method name in a workflow config (the
+    mapping the architecture's ``Params`` is built from): a registered method, a named
+    variant (``config['variants']``: its ``params`` override the method's
+    ``method_params``), or the ``untrained`` baseline (SSL-ALPNet's network). With
+    ``setting``, the entries of ``config['method_params_by_setting'][setting][architecture]``
+    override both (the papers tune some values per setting, e.g. DSPNet's alpha and BCMA
+    taps)."""
     variant = config.get("variants", {}).get(name)
     if variant:
         arch = variant["method"]

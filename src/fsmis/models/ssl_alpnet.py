@@ -19,48 +19,49 @@ the reference raises and its training loop skips the batch ("faulty batch").
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 from fsmis.models import prototypes as P
-from fsmis.models.fewshot import FewShotSegmenter
+from fsmis.models.fewshot import EmptyPrototypeSet, FewShotSegmenter
+from fsmis.models.params import EmptyBg, LocalPooling, MethodParams, cosine_scale, empty_bg, group
+
+__all__ = ["EmptyPrototypeSet", "SSLALPNet", "SSLALPNetParams"]  # EmptyPrototypeSet: its former home
 
 
-class EmptyPrototypeSet(RuntimeError):
-    """No window passed the threshold (the reference's "faulty batch")."""
+@dataclass(frozen=True)
+class SSLALPNetParams(MethodParams):
+    """SSL-ALPNet (Ouyang et al., ECCV 2020): adaptive local prototype pooling."""
+
+    pooling: LocalPooling = group(LocalPooling)
+    scale: float = cosine_scale()
+    empty_bg: EmptyBg = empty_bg()
 
 
 class SSLALPNet(FewShotSegmenter):
-    def __init__(self, backbone, threshold=0.95, train_window=4, test_window=2, fg_switch_window=4,
-                 scale=20.0, empty_bg="global", align=True):
-        super().__init__(backbone, align=align)
-        if empty_bg not in ("global", "raise"):
-            raise ValueError(f"empty_bg must be 'global' or 'raise', got {empty_bg!r}")
-        self.threshold = threshold
-        self.train_window = train_window
-        self.test_window = test_window
-        self.fg_switch_window = fg_switch_window
-        self.scale = scale
-        self.empty_bg = empty_bg
+    Params = SSLALPNetParams
 
     @property
     def window(self) -> int:
-        return self.train_window if self.training else self.test_window
+        return self.params.pooling.window(self.training)
 
     def support_state(self, feats, fg):
+        p = self.params
         bg = 1.0 - fg
-        bg_protos = P.local_prototypes(feats, bg, self.window, self.threshold)
+        bg_protos = P.local_prototypes(feats, bg, self.window, p.pooling.threshold)
         if bg_protos.shape[0] == 0:
-            if self.empty_bg == "raise":
+            if p.empty_bg == "raise":
                 raise EmptyPrototypeSet("no background window above threshold")
             bg_protos = P.masked_average(feats, bg)
         fg_global = P.masked_average(feats, fg)
-        if P.max_window_coverage(fg, self.fg_switch_window) >= self.threshold:
-            fg_protos = torch.cat([P.local_prototypes(feats, fg, self.window, self.threshold), fg_global])
+        if P.max_window_coverage(fg, p.pooling.fg_switch_window) >= p.pooling.threshold:
+            fg_protos = torch.cat([P.local_prototypes(feats, fg, self.window, p.pooling.threshold), fg_global])
         else:
             fg_protos = fg_global
         return {"bg": bg_protos, "fg": fg_protos}
 
     def score(self, query_feats, state):
-        bg = P.softmax_pool(P.cosine_scores(query_feats, state["bg"], self.scale))
-        fg = P.softmax_pool(P.cosine_scores(query_feats, state["fg"], self.scale))
+        bg = P.softmax_pool(P.cosine_scores(query_feats, state["bg"], self.params.scale))
+        fg = P.softmax_pool(P.cosine_scores(query_feats, state["fg"], self.params.scale))
         return torch.cat([bg, fg], dim=1)

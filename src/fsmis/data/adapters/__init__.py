@@ -1,8 +1,15 @@
-"""Dataset adapters: a dataset's raw layout -> ``[(case, image, raw label), ...]``.
+"""The dataset registry and the adapters: a dataset's raw layout -> ``[(case, image,
+raw label), ...]``.
 
-``fsmis.data.canonical.build(pairs, out_dir, label_map, modality)`` then validates the
-pairs and maps the raw label values to canonical ids. Every adapter module exposes
+A dataset is one module of this package, named as the dataset, plus its line in
+:data:`DATASETS`. The module states the dataset's facts once, ``FACTS`` (a
+:class:`Facts`: modality, label map, classes in the papers' table order, label groups,
+source), and ``fsmis.data.canonical.build(pairs, out_dir, label_map, modality)`` then
+validates its pairs and maps the raw label values to canonical ids. Every adapter
+module exposes
 
+* ``FACTS``; a fact given as None is read from the config by the module's function
+  of the same name (nifti_folder: ``modality(cfg)``, ``label_map(cfg)``, ...).
 * ``case_ids(dataset_cfg) -> list[str]``: from the config alone, so the Snakemake DAG
   is static (nifti_folder may read its local ``dataset.json`` / ``labelsTr/``).
 * ``check_source(dataset_cfg, root) -> None``: raises when the raw data are not where
@@ -29,6 +36,19 @@ Where cases of one dataset may differ in modality (nifti_folder):
 :func:`case_modalities` and :func:`modality_claims` below give every other adapter
 the dataset's one modality, claimed folder-wide by the adapter's facts.
 
+``FACTS.source["kind"]`` says how the raw data arrive; the workflow picks the fetch
+step by it, never by the dataset's name:
+
+* ``generated``: the adapter's ``generate(dataset_cfg, out_dir, cases) -> [case]``
+  writes ``{case}_image.nii.gz`` / ``{case}_label.nii.gz`` into ``resources/<name>/raw``;
+  ``source["generator"]`` is the library file (relative to ``src/``) whose code *is*
+  the data, so editing it regenerates them.
+* ``zenodo``: ``source["records"]`` (or the adapter's ``downloads(dataset_cfg)``) are
+  downloaded, verified and unpacked into ``resources/<name>/raw``.
+* ``manual`` (registration-only; ``source["page"]`` and ``source["layout"]`` tell the
+  user where to get the files and how to place them) and ``local``: the files are
+  under ``dataset.root``; ``check_source`` runs before any job.
+
 Downloaded archives are expected unpacked one folder per archive, ``unpack_dir``:
 ``raw_dir/CHAOS_Train_Sets/...``, ``raw_dir/Subtask1/...``, ``raw_dir/Mask/...``. The
 adapters search below those folders, so an extra top-level folder inside an archive
@@ -40,23 +60,26 @@ Snakefile imports these modules at parse time and dry-runs must stay fast.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib
 import os
 import re
 from pathlib import Path
 
-from fsmis.data import sources
 from fsmis.errors import InputError
 
-# dataset id -> module in this package (both registration-only datasets share one)
-_MODULES = {
-    "chaos_mr": "chaos_mr",
-    "abdomenct1k": "abdomenct1k",
-    "synapse_ct": "manual",
-    "cmr_bssfp": "manual",
-    "nifti_folder": "nifti_folder",
-}
+# The registry: one line per dataset, its name = its module in this package. The one
+# list of dataset names: the workflow checks `dataset.name` against it (common.smk).
+DATASETS = (
+    "phantom",  # synthetic abdominal CT, generated in-process (the demo; no network)
+    "chaos_mr",  # Abd-MRI: CHAOS T2-SPIR, Zenodo
+    "abdomenct1k",  # AbdomenCT-1K, Zenodo
+    "synapse_ct",  # Abd-CT: Synapse / BTCV, registration-only
+    "cmr_bssfp",  # Card-MRI: MS-CMRSeg 2019 bSSFP, registration-only
+    "nifti_folder",  # any nnU-Net / MSD folder under dataset.root
+)
+SOURCE_KINDS = ("generated", "zenodo", "manual", "local")
 _ARCHIVE_SUFFIXES = (".zip", ".7z", ".tar.gz", ".tgz", ".tar")
 
 
@@ -78,13 +101,34 @@ class ManualDataMissing(InputError):
         super().__init__("<dataset.root unset>" if root is None else root, problem)
 
 
+@dataclasses.dataclass(frozen=True)
+class Facts:
+    """What a dataset is, stated once in its adapter module as ``FACTS``. A fact given
+    as None comes from the config, through the module's function of the same name."""
+
+    modality: str | None  # "CT" or "MR"
+    label_map: dict[int, str] | None  # raw label value -> canonical class (explicit, never inferred)
+    classes: list[str] | None  # test classes in the papers' table order
+    label_groups: list[list[str]] | None  # setting 2: one model per group
+    source: dict  # {"kind": one of SOURCE_KINDS, ...what that kind needs (module docstring)}
+
+    def __post_init__(self):
+        # a typo here would otherwise surface as a missing fetch step far downstream
+        if self.source.get("kind") not in SOURCE_KINDS:
+            raise ValueError(f"unknown source kind {self.source.get('kind')!r}; known: {', '.join(SOURCE_KINDS)}")
+
+
 def get(name: str):
     """The adapter module of dataset ``name``."""
-    try:
-        module = _MODULES[name]
-    except KeyError:
-        raise ValueError(f"no adapter for dataset {name!r}; adapters exist for: {', '.join(_MODULES)}") from None
-    return importlib.import_module(f"{__name__}.{module}")
+    if name not in DATASETS:
+        raise ValueError(f"no adapter for dataset {name!r}; registered datasets: {', '.join(DATASETS)}")
+    return importlib.import_module(f"{__name__}.{name}")
+
+
+def source_kind(name: str) -> str | None:
+    """The source kind of a registered dataset (no config needed), None for any other
+    name (e.g. "unknown" in a report without a dataset column)."""
+    return get(name).FACTS.source["kind"] if name in DATASETS else None
 
 
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]*")
@@ -132,13 +176,12 @@ def downloads(dataset_cfg: dict) -> dict[str, list[str]]:
     module = get(dataset_cfg["name"])
     if hasattr(module, "downloads"):
         return module.downloads(dataset_cfg)
-    source = sources.info(dataset_cfg["name"])["source"]
-    return {r: list(f) for r, f in source.get("records", {}).items()}
+    return {r: list(f) for r, f in module.FACTS.source.get("records", {}).items()}
 
 
 def _optional(dataset_cfg: dict, name: str):
-    """The adapter's optional function ``name``, or None (also for the phantom)."""
-    return getattr(get(dataset_cfg["name"]), name, None) if dataset_cfg["name"] in _MODULES else None
+    """The adapter's optional function ``name``, or None."""
+    return getattr(get(dataset_cfg["name"]), name, None)
 
 
 def cases_known_after_unpack(dataset_cfg: dict) -> bool:
@@ -164,12 +207,11 @@ def usable_cases(inventory_tsv) -> list[str]:
 
 
 def facts(dataset_cfg: dict) -> dict:
-    """The dataset's facts (modality, label_map, classes, label_groups) with the entries
-    that come from the config (nifti_folder: None in ``sources.DATASETS``) filled in."""
-    out = dict(sources.info(dataset_cfg["name"]))
-    if dataset_cfg["name"] not in _MODULES:  # generated in-process (phantom): facts are static
-        return out
+    """The dataset's facts as a dict (modality, label_map, classes, label_groups,
+    source), a copy of its adapter's ``FACTS`` with the entries that come from the
+    config (None there, as in nifti_folder) filled in."""
     module = get(dataset_cfg["name"])
+    out = dataclasses.asdict(module.FACTS)  # a deep copy: callers may not edit the module's facts
     for key in ("modality", "label_map", "classes", "label_groups"):
         if out.get(key) is None:
             out[key] = getattr(module, key)(dataset_cfg)

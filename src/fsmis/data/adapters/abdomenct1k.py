@@ -24,7 +24,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from fsmis.data.adapters import find_files, select_cases, unpack_dir
+from fsmis.data.adapters import Facts, find_files, select_cases, unpack_dir
 from fsmis.errors import InputError
 
 BENCHMARK_RECORD = "5903037"
@@ -35,6 +35,34 @@ FULL_RECORDS = {
     "5903846": ["AbdomenCT-1K-ImagePart2.zip"],
     "5903769": ["AbdomenCT-1K-ImagePart3.zip", "Mask.7z"],
 }
+FACTS = Facts(
+    modality="CT",
+    # labels 1-4 in both public forms; the kidneys are one label
+    label_map={1: "liver", 2: "kidney", 3: "spleen", 4: "pancreas"},
+    classes=["liver", "kidney", "spleen", "pancreas"],
+    # no reference defines setting 2 here: ours, upper (liver, spleen) vs lower abdomen
+    label_groups=[["kidney", "pancreas"], ["liver", "spleen"]],
+    source={
+        "kind": "zenodo",
+        # `records` = the default form; config dataset.form picks one of `forms`, and
+        # downloads() below the files of the config's form and subtask
+        "records": {BENCHMARK_RECORD: ["Subtask1.zip", "Subtask2.zip"]},
+        "default_form": "benchmark",
+        "forms": {
+            # FLARE21 = the fully-supervised benchmark: 361 labelled cases per subtask
+            "benchmark": {"records": {BENCHMARK_RECORD: ["Subtask1.zip", "Subtask2.zip"]}},
+            # the full release: 1062 images, 1000 public masks
+            "full": {"records": FULL_RECORDS},
+        },
+        # third-party checksums (docs/datasets.md); the Zenodo API is authoritative
+        "md5": {
+            "AbdomenCT-1K-ImagePart1.zip": "946325d0209179d767bea914c93e9a54",
+            "AbdomenCT-1K-ImagePart2.zip": "eb24ba869589d15fe1d89ccf7f13aaa4",
+            "AbdomenCT-1K-ImagePart3.zip": "7f5a131e83f3bb38932e8fb62d040a3f",
+            "Mask.7z": "dfca75d15912d5d7323585c53e1d75d9",
+        },
+    },
+)
 _PATTERNS = {  # form -> (image, mask) file-name patterns; group 1 = case number
     "benchmark": (re.compile(r"train_(\d+)_0000\.nii\.gz"), re.compile(r"train_(\d+)\.nii\.gz")),
     "full": (re.compile(r"Case_(\d+)_0000\.nii\.gz"), re.compile(r"Case_(\d+)\.nii\.gz")),

@@ -19,13 +19,28 @@ import logging
 import re
 from pathlib import Path
 
-from fsmis.data.adapters import select_cases
+from fsmis.data.adapters import Facts, select_cases
 from fsmis.errors import InputError
 
 log = logging.getLogger(__name__)
 
 RECORD = "3431873"
 ARCHIVE = "CHAOS_Train_Sets.zip"
+FACTS = Facts(
+    modality="MR",
+    # PNG grey values of the official CHAOS evaluation code (each read as a range
+    # there; RANGES below snaps the ranges onto these values)
+    label_map={63: "liver", 126: "right_kidney", 189: "left_kidney", 252: "spleen"},
+    classes=["left_kidney", "right_kidney", "spleen", "liver"],
+    # upper vs lower abdomen, as SSL-ALPNet's CHAOST2 LABEL_GROUP
+    label_groups=[["left_kidney", "right_kidney"], ["liver", "spleen"]],
+    source={
+        "kind": "zenodo",
+        "records": {RECORD: [ARCHIVE]},  # CHAOS v1.03, CC BY-NC-SA 4.0
+        # third-party-confirmed checksum (docs/datasets.md); the Zenodo API is authoritative
+        "md5": {ARCHIVE: "df21053002a1cc86df918a87da3b2c19"},
+    },
+)
 # the 20 MR training subjects of the CHAOS release (check_source verifies them)
 PATIENTS = (1, 2, 3, 5, 8, 10, 13, 15, 19, 20, 21, 22, 31, 32, 33, 34, 36, 37, 38, 39)
 # the CHAOS evaluation code reads each organ as a grey-value range: (low, high] -> value
@@ -47,10 +62,6 @@ def _pid(case: str) -> int:
 
 def case_ids(dataset_cfg: dict) -> list[str]:
     return select_cases([_id(p) for p in PATIENTS], dataset_cfg, _id)
-
-
-def downloads(dataset_cfg: dict) -> dict[str, list[str]]:
-    return {RECORD: [ARCHIVE]}
 
 
 def _mr_dir(raw_dir) -> Path:

@@ -24,8 +24,12 @@ import json
 import re
 from pathlib import Path
 
-from fsmis.data.adapters import select_cases
+from fsmis.data.adapters import Facts, select_cases
 from fsmis.errors import InputError
+
+# every fact but the source comes from the config: modality(), label_map(), classes(),
+# label_groups() below
+FACTS = Facts(modality=None, label_map=None, classes=None, label_groups=None, source={"kind": "local"})
 
 _MR_NAMES = {"MR", "MRI", "T1", "T2", "T1W", "T2W", "T1GD", "T1CE", "FLAIR", "ADC", "DWI", "BSSFP", "CINE"}
 
