@@ -739,7 +739,8 @@ def spawn(job: dict, timeout: float) -> dict:
     env = dict(os.environ)
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", json.dumps(job)]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
+        proc = subprocess.run(cmd, capture_output=True, text=True, encoding="utf-8", errors="replace",
+                              timeout=timeout, env=env)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f} s"}
     for line in reversed(proc.stdout.splitlines()):

@@ -6,8 +6,8 @@ Usage::
         download(123, "data.zip", tmp_path, api_base=zenodo.api_base)
         assert zenodo.count("data.zip") == 1
 
-or, in a test module, ``from fake_zenodo import fake_zenodo`` to get a fixture that
-yields a started, empty server (add records with ``add_record``).
+or the ``fake_zenodo`` fixture (tests/conftest.py): a started, empty server (add
+records with ``add_record``).
 
 Plain files (no record, as on download.pytorch.org) are served at
 ``{files_base}/{name}`` after ``add_file(name, data)``; their requests are recorded
@@ -29,8 +29,6 @@ import threading
 import urllib.parse
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-import pytest
 
 
 @dataclass
@@ -116,7 +114,7 @@ class FakeZenodo:
         """Folder URL of the plain files (``add_file``)."""
         return f"{self.base_url}/files"
 
-    def start(self) -> "FakeZenodo":
+    def start(self) -> FakeZenodo:
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), _make_handler(self))
         self._server.daemon_threads = True
         # a short poll interval makes shutdown() quick (it waits for the next poll)
@@ -129,7 +127,7 @@ class FakeZenodo:
             self._server.server_close()
             self._server = None
 
-    def __enter__(self) -> "FakeZenodo":
+    def __enter__(self) -> FakeZenodo:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -263,10 +261,3 @@ def _make_handler(zen: FakeZenodo):
                 self._send(200, data, {"Content-Type": "application/octet-stream"}, limit, seen)
 
     return Handler
-
-
-@pytest.fixture
-def fake_zenodo():
-    """A started, empty FakeZenodo; stopped after the test."""
-    with FakeZenodo() as server:
-        yield server

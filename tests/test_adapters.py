@@ -8,11 +8,11 @@ import sys
 import zipfile
 from pathlib import Path
 
+import fake_datasets as F
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
-import fake_datasets as F
 from fsmis.data import adapters, canonical
 from fsmis.data.adapters import ManualDataMissing
 from fsmis.errors import InputError

@@ -126,20 +126,21 @@ def test_bad_label_map_and_case_ids(tmp_path):
 
 
 def test_case_table_joins_the_per_case_rows_exactly(tmp_path):
-    from fsmis import pipeline
     from fsmis.errors import InputError
+    from fsmis.stages import data
 
     header = "case\tspacing_x\tlabels"
     (tmp_path / "b.tsv").write_text(f"{header}\nb_1\t0.7031250000000001\tliver\n")
     (tmp_path / "a.tsv").write_text(f"{header}\na_1\t1.5\tliver,spleen\n")
-    pipeline.case_table([str(tmp_path / "b.tsv"), str(tmp_path / "a.tsv")], str(tmp_path / "cases.tsv"))
+    data.case_table([str(tmp_path / "b.tsv"), str(tmp_path / "a.tsv")], str(tmp_path / "cases.tsv"))
     # rows in the order given, values as written (no float round trip)
-    assert (tmp_path / "cases.tsv").read_text(encoding="utf-8") == f"{header}\nb_1\t0.7031250000000001\tliver\na_1\t1.5\tliver,spleen\n"
+    expected = f"{header}\nb_1\t0.7031250000000001\tliver\na_1\t1.5\tliver,spleen\n"
+    assert (tmp_path / "cases.tsv").read_text(encoding="utf-8") == expected
     (tmp_path / "c.tsv").write_text("case\tlabels\nc_1\tliver\n")
     with pytest.raises(InputError, match="c.tsv.*columns differ"):
-        pipeline.case_table([str(tmp_path / "a.tsv"), str(tmp_path / "c.tsv")], str(tmp_path / "bad.tsv"))
+        data.case_table([str(tmp_path / "a.tsv"), str(tmp_path / "c.tsv")], str(tmp_path / "bad.tsv"))
     with pytest.raises(ValueError, match="duplicate case id 'a_1'"):
-        pipeline.case_table([str(tmp_path / "a.tsv"), str(tmp_path / "a.tsv")], str(tmp_path / "bad.tsv"))
+        data.case_table([str(tmp_path / "a.tsv"), str(tmp_path / "a.tsv")], str(tmp_path / "bad.tsv"))
     assert not (tmp_path / "bad.tsv").exists()
 
 

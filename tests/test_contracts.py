@@ -26,10 +26,11 @@ def _same_bytes(obj, typed, tmp_path):
 
 
 def _metrics():
-    """What fsmis.pipeline.evaluate writes: NaN for a class no scan had a value for."""
+    """What fsmis.stages.evaluation.evaluate writes: NaN for a class no scan had a value for."""
     return {"method": "panet", "setting": "2", "fold": 1, "dataset": "phantom", "support": "phantom_004",
             "support_by_class": {"liver": "phantom_004", "spleen": "phantom_005"}, "support_missing": [],
-            "groups": {"left_kidney+right_kidney": ["left_kidney", "right_kidney"], "liver+spleen": ["liver", "spleen"]},
+            "groups": {"left_kidney+right_kidney": ["left_kidney", "right_kidney"],
+                       "liver+spleen": ["liver", "spleen"]},
             "protocols": {p: {"dice": {"liver": 0.81, "spleen": 0.5, "left_kidney": float("nan"), "right_kidney": 1.0},
                               "mean_dice": 0.77, "n_cases": 2, "support_missing": ["left_kidney"]}
                           for p in ("oracle", "full")}}
@@ -69,8 +70,10 @@ def test_metrics_round_trip_byte_for_byte(tmp_path):
     assert back.fold == 1 and back.groups["liver+spleen"] == ("liver", "spleen")
     assert math.isnan(back.protocols["oracle"].dice["left_kidney"])
     # an older file: only the required keys
-    old = C.Metrics.from_json({"method": "m", "setting": 1, "fold": 0.0, "protocols": {"oracle": {"dice": {"x": None}}}})
-    assert old.setting == "1" and old.fold == 0 and old.support is None and math.isnan(old.protocols["oracle"].mean_dice)
+    old = C.Metrics.from_json({"method": "m", "setting": 1, "fold": 0.0,
+                               "protocols": {"oracle": {"dice": {"x": None}}}})
+    assert old.setting == "1" and old.fold == 0 and old.support is None
+    assert math.isnan(old.protocols["oracle"].mean_dice)
 
 
 def test_model_meta_round_trip(tmp_path):

@@ -4,9 +4,6 @@ download -> unpack -> canonical -> preprocess by the real rules and code.
 """
 
 import json
-import os
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -14,16 +11,15 @@ import fake_datasets
 import pandas as pd
 import pytest
 import SimpleITK as sitk
-import yaml
+from conftest import run_workflow
 from fake_zenodo import FakeZenodo
-from test_workflow import dry_run, run_snakemake
 
 REPO = Path(__file__).resolve().parents[1]
 PRESETS = REPO / "workflow" / "presets"
 
 
-def preset_dry_run(tmp_path, name, *extra):
-    return dry_run(tmp_path, "--replace-workflow-config", *extra, configfile=PRESETS / f"{name}.yaml")
+def preset_dry_run(dry_run, tmp_path, name, *extra):
+    return dry_run(tmp_path, "--replace-workflow-config", *extra, config=PRESETS / f"{name}.yaml")
 
 
 # methods ssl_alpnet, panet, dspnet, iplsl + baselines untrained (a 0-step model) and
@@ -38,8 +34,8 @@ def preset_dry_run(tmp_path, name, *extra):
         ("abdomenct1k", 50, 1, 1 + 2, 2),  # Subtask1.zip; the first 50 cases
     ],
 )
-def test_preset_dag_from_download_to_report(tmp_path, preset, n_cases, downloads, settings_models, n_settings):
-    counts = preset_dry_run(tmp_path, preset)
+def test_preset_dag_from_download_to_report(tmp_path, preset, n_cases, downloads, settings_models, n_settings, dry_run):
+    counts = preset_dry_run(dry_run, tmp_path, preset)
     assert counts.get("download", 0) == downloads
     assert counts.get("unpack", 0) == downloads
     assert counts["fetch_weights"] == 1  # the COCO DeepLabV3 weights of model.pretrained
@@ -50,8 +46,9 @@ def test_preset_dag_from_download_to_report(tmp_path, preset, n_cases, downloads
     assert counts["report"] == 1 and "generate_phantom" not in counts
 
 
-def test_abdomenct1k_full_release_downloads_every_part(tmp_path):
-    counts = preset_dry_run(tmp_path, "abdomenct1k", "--config", "dataset={name: abdomenct1k, form: full, cases: 20}")
+def test_abdomenct1k_full_release_downloads_every_part(tmp_path, dry_run):
+    counts = preset_dry_run(dry_run, tmp_path, "abdomenct1k", "--config",
+                            "dataset={name: abdomenct1k, form: full, cases: 20}")
     assert counts["download"] == counts["unpack"] == 4  # three image parts and Mask.7z
     # which of the 20 have a mask is known once Mask.7z is unpacked: the inventory
     # checkpoint decides, and the per-case jobs join the plan after it has run
@@ -61,10 +58,10 @@ def test_abdomenct1k_full_release_downloads_every_part(tmp_path):
 
 def test_missing_hand_placed_dataset_stops_before_any_job(tmp_path):
     start = time.perf_counter()
-    result = run_snakemake(
+    result = run_workflow(
         tmp_path, "--cores", "2", "--replace-workflow-config",
         "--config", f"dataset={{name: synapse_ct, root: {tmp_path / 'nowhere'}}}",
-        configfile=PRESETS / "abd-ct.yaml",
+        config=PRESETS / "abd-ct.yaml",
     )
     seconds = time.perf_counter() - start
     out = result.stdout + result.stderr
@@ -77,16 +74,10 @@ def test_missing_hand_placed_dataset_stops_before_any_job(tmp_path):
 
 
 def run_against(server, tmp_path, config: dict, *targets):
-    """The real workflow in ``tmp_path`` with ``config`` (written to fake.yaml), its
-    Zenodo requests going to the fake ``server``; returns the finished process."""
-    (tmp_path / "fake.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k not in ("SNAKEMAKE_PROFILE", "MLFLOW_TRACKING_URI")}
-    env["FSMIS_ZENODO_API"] = server.api_base
-    env["FSMIS_TRACKING"] = "off"
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
-           str(tmp_path), "--configfile", str(tmp_path / "fake.yaml"), "--workflow-profile", "none",
-           "--cores", "2", *targets]
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    """The real workflow in ``tmp_path`` with ``config``, its Zenodo requests going to
+    the fake ``server``; returns the finished process."""
+    return run_workflow(tmp_path, "--cores", "2", *targets, config=config, timeout=300,
+                        env={"FSMIS_ZENODO_API": server.api_base, "FSMIS_TRACKING": "off"})
 
 
 @pytest.mark.slow

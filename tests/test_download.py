@@ -9,7 +9,6 @@ import logging
 import os
 
 import pytest
-from fake_zenodo import fake_zenodo  # noqa: F401  (fixture)
 
 from fsmis.data import download as core
 from fsmis.data.download import ChecksumError, DownloadError, Transfer, fetch_verified

@@ -134,8 +134,8 @@ def test_ran_kernel_outputs_and_gradients_match_dense_softmax(sup_batch, qry_bat
             s, q = x["s"] / x["s"].norm(dim=1, keepdim=True), x["q"] / x["q"].norm(dim=1, keepdim=True)
             cos = torch.matmul(s.transpose(1, 2), q)  # [B, n, m]
             w_row, w_col = torch.softmax(cos, -1), torch.softmax(cos.transpose(1, 2), -1)
-            attended = [w_row @ x["v"], w_row.transpose(1, 2) @ x["m"], w_col @ x["vt"], w_col.transpose(1, 2) @ x["mt"],
-                        w_col @ x["vt1"]]
+            attended = [w_row @ x["v"], w_row.transpose(1, 2) @ x["m"],
+                        w_col @ x["vt"], w_col.transpose(1, 2) @ x["mt"], w_col @ x["vt1"]]
             dense = cos.exp() / cos.exp().sum(-1, keepdim=True).detach()  # dense(): row sums are constants
         outs = (attended if consumers != "dense" else []) + ([dense] if consumers != "attend" else [])
         ws = (weights[:5] if consumers != "dense" else []) + (weights[5:] if consumers != "attend" else [])
@@ -443,7 +443,8 @@ def test_empty_background_policy():
         bg = net.prototypes(feats, net.support_state(feats, full))["bg"]
         assert bg.shape[-2:] == (1, 3)
         with pytest.raises(EmptyPrototypeSet):
-            DSPNet.from_keywords(Identity(3), variant=variant, ran=False, empty_bg="raise").eval().support_state(feats, full)
+            strict = DSPNet.from_keywords(Identity(3), variant=variant, ran=False, empty_bg="raise").eval()
+            strict.support_state(feats, full)
 
 
 # -- persistence, caching, training ---------------------------------------------------------

@@ -6,15 +6,13 @@ preprocessing, superpixels, splits, training, evaluation, report, MLflow).
 """
 
 import json
-import os
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 import yaml
+from conftest import run_workflow
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -36,18 +34,16 @@ TINY = {
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir, *args):
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "tiny.yaml"), "--workflow-profile", "none", "--cores", "2", *args]
-    env = {k: v for k, v in os.environ.items() if k not in ("SNAKEMAKE_PROFILE", "MLFLOW_TRACKING_URI")}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+def workflow(workdir, *args):
+    """The tiny experiment's workflow in ``workdir`` (tests/conftest.py)."""
+    return run_workflow(workdir, "--cores", "2", *args, config=workdir / "tiny.yaml")
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory):
     wd = tmp_path_factory.mktemp("e2e")
     (wd / "tiny.yaml").write_text(yaml.safe_dump(TINY))
-    first = snakemake(wd)
+    first = workflow(wd)
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-8000:]
     return wd, first
 
@@ -85,7 +81,8 @@ def test_setting_2_trains_a_model_per_label_group_and_evaluates_with_it(run):
         ("left_kidney", "left_kidney+right_kidney"), ("right_kidney", "left_kidney+right_kidney"),
         ("liver", "liver+spleen"), ("spleen", "liver+spleen")}
     # the kidney model never saw a slice with a kidney: its training log says how many went
-    log_text = (wd / "logs/train/tiny/ssl_alpnet/setting2/fold0/left_kidney+right_kidney.log").read_text(encoding="utf-8")
+    log_file = wd / "logs/train/tiny/ssl_alpnet/setting2/fold0/left_kidney+right_kidney.log"
+    log_text = log_file.read_text(encoding="utf-8")
     assert "excluded" in log_text
     assert (wd / "results/tiny/report/paper_setting2_oracle.md").exists()
 
@@ -115,7 +112,7 @@ def test_mlflow_store_holds_a_parent_and_a_child_per_job(run):
 
 def test_second_invocation_runs_nothing(run):
     wd, _ = run
-    again = snakemake(wd)
+    again = workflow(wd)
     assert again.returncode == 0
     assert "Nothing to be done" in again.stdout + again.stderr
 
@@ -133,7 +130,6 @@ def _shift_spacing(path):
 
 
 def _unknown_label(path):
-    import numpy as np
     import SimpleITK as sitk
 
     img = sitk.ReadImage(str(path))
@@ -155,7 +151,7 @@ def test_bad_raw_input_stops_with_the_file_and_problem_named(run, damage, name, 
     original = path.read_bytes()
     damage(path)
     try:
-        result = snakemake(wd, "results/data/phantom/cases.tsv", "--forcerun", "canonical", "--show-failed-logs")
+        result = workflow(wd, "results/data/phantom/cases.tsv", "--forcerun", "canonical", "--show-failed-logs")
     finally:
         path.write_bytes(original)
     out = result.stdout + result.stderr

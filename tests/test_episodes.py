@@ -3,11 +3,10 @@
 import numpy as np
 import pytest
 import torch
+from tiny_training import AUG
 
 from fsmis.data.augment import affine_matrix, augment, gamma, warp
 from fsmis.data.episodes import SuperpixelEpisodes
-from tiny_training import AUG
-
 
 
 def _data(seed=0):

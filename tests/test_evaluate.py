@@ -146,7 +146,7 @@ def test_next_support_skips_test_scans_and_scans_without_the_class():
 
 
 def test_supports_by_class_flag_or_next_scan():
-    from fsmis.pipeline import supports_by_class
+    from fsmis.stages.evaluation import supports_by_class
 
     split = {"test": ["c1"], "support": "c2", "train": ["c3", "c4"]}
     classmap = {"liver": {"c1": [0], "c2": [1], "c3": [0]}, "spleen": {"c1": [0], "c4": [2]}}

@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import run_workflow
 
+from fsmis import envvars
 from fsmis.models import registry
 from fsmis.models import schema as S
 from fsmis.models.fewshot import FewShotSegmenter
@@ -59,7 +61,7 @@ TOY_LINE = "toy=toy_method:Toy"
 def toy(tmp_path, monkeypatch):
     (tmp_path / "toy_method.py").write_text(TOY_MODULE)
     monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.setenv(registry.EXTRA_ENV, TOY_LINE)
+    monkeypatch.setenv(envvars.FSMIS_EXTRA_METHODS, TOY_LINE)
     yield tmp_path
     sys.modules.pop("toy_method", None)
 
@@ -186,7 +188,7 @@ def test_optional_hooks_are_declared_on_the_base_class_with_defaults():
 
 def test_registry_imports_without_torch():
     code = "import sys, fsmis.models.registry as r; r.names(); print('torch' in sys.modules)"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, encoding="utf-8", check=True)
     assert out.stdout.strip() == "False"
 
 
@@ -204,7 +206,7 @@ def test_one_environment_line_registers_a_method_from_outside(toy):
 
 
 def test_register_adds_a_method_in_this_process(toy, monkeypatch):
-    monkeypatch.delenv(registry.EXTRA_ENV)
+    monkeypatch.delenv(envvars.FSMIS_EXTRA_METHODS)
     monkeypatch.setattr(registry, "_registered", {})
     assert "toy" not in registry.names()
     registry.register("toy", "toy_method:Toy")
@@ -220,7 +222,7 @@ def test_register_adds_a_method_in_this_process(toy, monkeypatch):
     ("panet=toy_method:Toy", "registered twice"),
 ])
 def test_bad_registry_lines_are_refused(monkeypatch, line, words):
-    monkeypatch.setenv(registry.EXTRA_ENV, line)
+    monkeypatch.setenv(envvars.FSMIS_EXTRA_METHODS, line)
     with pytest.raises(ValueError, match=words):
         registry.names()
 
@@ -245,14 +247,10 @@ def test_a_method_from_outside_runs_through_the_workflow(tmp_path):
         "method_params": {"toy": {"scale": 10.0}},
         "train": {"steps": 3, "checkpoint_every": 3, "log_every": 1},
     }
-    (tmp_path / "toy.yaml").write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k not in ("SNAKEMAKE_PROFILE", "MLFLOW_TRACKING_URI")}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(tmp_path / "plugin"), env.get("PYTHONPATH")) if p)
-    env[registry.EXTRA_ENV] = TOY_LINE  # the one registry line
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(tmp_path / "toy.yaml"), "--workflow-profile", "none", "--cores", "2",
-           "--until", "evaluate"]  # no report: the metrics are the point
-    run = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=900)
+    pythonpath = os.pathsep.join(p for p in (str(tmp_path / "plugin"), os.environ.get("PYTHONPATH")) if p)
+    run = run_workflow(tmp_path, "--cores", "2", "--until", "evaluate",  # no report: the metrics are the point
+                       config=config, timeout=900,
+                       env={"PYTHONPATH": pythonpath, envvars.FSMIS_EXTRA_METHODS: TOY_LINE})  # the one registry line
     assert run.returncode == 0, run.stdout[-4000:] + run.stderr[-8000:]
     found = [p for p in (tmp_path / "results").rglob("metrics.json") if "toy" in p.parts]
     assert len(found) == 1, found

@@ -6,7 +6,6 @@ from scipy.spatial.distance import cdist
 
 from fsmis import metrics as M
 
-
 # ---------------------------------------------------------------- overlap counts
 
 def _hand_masks():

@@ -1,4 +1,4 @@
-"""fsmis.paper_tables: layout, published numbers beside ours, differences, LaTeX, notes."""
+"""fsmis.report.paper_tables and .published: published numbers beside ours, differences, LaTeX, notes."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fsmis import paper_tables as P
-from fsmis import report
-from fsmis.stats import PairedTest
+from fsmis.report import paper_tables as P
+from fsmis.report import published as pub
+from fsmis.report.results import LONG_COLUMNS
+from fsmis.report.stats import PairedTest
+from fsmis.report.tables import dice_table
 
 CLASSES = ["left_kidney", "right_kidney", "spleen", "liver"]  # the papers' order
 
@@ -22,7 +24,7 @@ def _fold_table(dice: dict, dataset: str = "chaos_mr", setting: str = "1") -> pd
             for name, value in zip(CLASSES, values):
                 rows.append({"method": method, "setting": setting, "protocol": "oracle", "fold": fold,
                              "dataset": dataset, "class": name, "dice": value, "n_cases": 2, "source": "x"})
-    return report.dice_table(pd.DataFrame(rows, columns=report.LONG_COLUMNS), CLASSES, list(dice))
+    return dice_table(pd.DataFrame(rows, columns=LONG_COLUMNS), CLASSES, list(dice))
 
 
 OURS = {
@@ -46,7 +48,7 @@ def _published() -> pd.DataFrame:
     add("catnet", "2", (75.31, 83.23, 67.31, 75.02, 75.22), "Lin CAT-Net")
     add("crapnet", "2", (74.66, 82.77, 70.82, 73.82, 75.52), "Ding CRAPNet", note="as printed")
     add("ssl_alpnet", "1", (1, 2, 3, 4, 5), "other dataset", dataset="abd_ct")
-    return pd.DataFrame(rows, columns=P.PUBLISHED_COLUMNS)
+    return pd.DataFrame(rows, columns=pub.PUBLISHED_COLUMNS)
 
 
 def test_layout_published_beside_ours_and_difference():
@@ -107,7 +109,7 @@ def test_setting_two_follows_the_code_lineage():
 
 
 def test_phantom_has_a_note_instead_of_published_numbers():
-    table = P.paper_table(_fold_table(OURS, dataset="phantom"), P.load_published(), "phantom", "1", CLASSES)
+    table = P.paper_table(_fold_table(OURS, dataset="phantom"), pub.load_published(), "phantom", "1", CLASSES)
     assert not table.has_published
     assert list(table.data.index) == ["ssl_alpnet", "panet", "untrained"]
     assert table.data.filter(like="_published").isna().all().all()
@@ -116,7 +118,7 @@ def test_phantom_has_a_note_instead_of_published_numbers():
     assert "| method | left kidney | right kidney | spleen | liver | Mean | p vs ssl_alpnet |" in md
     assert "pub." not in md and "No published numbers for dataset phantom" in md
     # a known dataset in a setting no paper reports
-    card = P.paper_table(_fold_table(OURS), P.load_published(), "cmr_bssfp", "2", CLASSES)
+    card = P.paper_table(_fold_table(OURS), pub.load_published(), "cmr_bssfp", "2", CLASSES)
     assert card.notes[0] == "No published numbers for Card-MRI in setting 2. Only our results are shown."
 
 
@@ -139,17 +141,17 @@ def test_latex_is_booktabs_and_escaped():
 
 
 def test_shipped_csv_and_name_mapping(tmp_path):
-    published = P.load_published()
-    assert list(published.columns) == P.PUBLISHED_COLUMNS
+    published = pub.load_published()
+    assert list(published.columns) == pub.PUBLISHED_COLUMNS
     row = published[(published["method"] == "ssl_alpnet") & (published["dataset"] == "abd_mri")
                     & (published["setting"] == "1") & (published["class"] == "mean")]
     assert row["dice"].item() == pytest.approx(78.84)
     assert set(published["dataset"]) == {"abd_mri", "abd_ct", "card_mri"}
-    assert P.published_dataset("chaos_mr") == "abd_mri" and P.published_dataset("synapse_ct") == "abd_ct"
-    assert P.published_dataset("cmr_bssfp") == "card_mri"
-    assert P.our_setting("catnet", "2") == ("2all", True) and P.our_setting("ponet", "2") == ("2", False)
-    assert P.match("dspnet", ["dspnet", "dspnet@x"]) == "dspnet"
-    assert P.match("panet", ["panet@a", "panet@b"]) is None
+    assert pub.published_dataset("chaos_mr") == "abd_mri" and pub.published_dataset("synapse_ct") == "abd_ct"
+    assert pub.published_dataset("cmr_bssfp") == "card_mri"
+    assert pub.our_setting("catnet", "2") == ("2all", True) and pub.our_setting("ponet", "2") == ("2", False)
+    assert pub.match("dspnet", ["dspnet", "dspnet@x"]) == "dspnet"
+    assert pub.match("panet", ["panet@a", "panet@b"]) is None
     written = P.write(P.paper_table(_fold_table(OURS), published, "chaos_mr", "1", CLASSES), tmp_path, "paper")
     assert [w.rsplit("/", 1)[1] for w in written] == ["paper.md", "paper.csv", "paper.tex"]
     assert pd.read_csv(tmp_path / "paper.csv", index_col="method").loc["ssl_alpnet", "mean_published"] == 78.84

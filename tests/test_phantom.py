@@ -52,9 +52,9 @@ def test_geometry(cases):
 
 def test_all_organs_with_plausible_volumes(cases):
     for img, lab in cases:
-        l = _arr(lab)
-        assert set(np.unique(l)) == {0, 1, 2, 3, 4}
-        ml = {v: (l == v).sum() * np.prod(img.GetSpacing()) / 1000 for v in (LIVER, SPLEEN, RKID, LKID)}
+        lab_arr = _arr(lab)
+        assert set(np.unique(lab_arr)) == {0, 1, 2, 3, 4}
+        ml = {v: (lab_arr == v).sum() * np.prod(img.GetSpacing()) / 1000 for v in (LIVER, SPLEEN, RKID, LKID)}
         assert 700 < ml[LIVER] < 2500, ml
         assert 50 < ml[SPLEEN] < 450, ml
         assert 50 < ml[RKID] < 250 and 50 < ml[LKID] < 250, ml
@@ -62,30 +62,30 @@ def test_all_organs_with_plausible_volumes(cases):
 
 def test_intensities(cases):
     for img, lab in cases:
-        a, l = _arr(img).astype(float), _arr(lab)
-        hu = {v: a[l == v].mean() for v in (LIVER, SPLEEN, RKID, LKID)}
+        a, lab_arr = _arr(img).astype(float), _arr(lab)
+        hu = {v: a[lab_arr == v].mean() for v in (LIVER, SPLEEN, RKID, LKID)}
         # liver and spleen look alike: only shape and context tell them apart
         assert abs(hu[LIVER] - hu[SPLEEN]) < 15, hu
         assert 30 < hu[LIVER] < 90 and 30 < hu[SPLEEN] < 90, hu
         assert hu[RKID] > hu[LIVER] + 25 and hu[LKID] > hu[LIVER] + 25, hu  # enhancing cortex
         assert a[0, 0, 0] < -950 and a.max() > 500  # air outside the body, bone inside
         # noise and texture: an organ is not a flat region
-        assert 8 < a[l == LIVER].std() < 60
+        assert 8 < a[lab_arr == LIVER].std() < 60
 
 
 def test_laterality_and_height(cases):
     """x index 0 is the patient's right; z index 0 is the most inferior slice."""
     for _, lab in cases:
-        l = _arr(lab)
-        zyx = {v: np.argwhere(l == v).mean(axis=0) for v in (LIVER, SPLEEN, RKID, LKID)}
+        lab_arr = _arr(lab)
+        zyx = {v: np.argwhere(lab_arr == v).mean(axis=0) for v in (LIVER, SPLEEN, RKID, LKID)}
         assert zyx[LIVER][2] < zyx[SPLEEN][2]  # liver on the right, spleen on the left
-        assert zyx[RKID][2] < l.shape[2] / 2 < zyx[LKID][2]
+        assert zyx[RKID][2] < lab_arr.shape[2] / 2 < zyx[LKID][2]
         assert zyx[RKID][0] < zyx[LKID][0]  # right kidney lower
         assert zyx[LIVER][0] > zyx[RKID][0]  # liver above the right kidney
         assert zyx[RKID][1] > zyx[LIVER][1]  # kidneys posterior (larger y) to the liver
-        top = np.flatnonzero((l == LIVER).any(axis=(1, 2))).max()
-        assert top < l.shape[0] - 1  # the liver dome lies inside the scan, not cut by it
-        kidney_bottom = np.flatnonzero(np.isin(l, (RKID, LKID)).any(axis=(1, 2))).min()
+        top = np.flatnonzero((lab_arr == LIVER).any(axis=(1, 2))).max()
+        assert top < lab_arr.shape[0] - 1  # the liver dome lies inside the scan, not cut by it
+        kidney_bottom = np.flatnonzero(np.isin(lab_arr, (RKID, LKID)).any(axis=(1, 2))).min()
         assert kidney_bottom > 0  # the scan reaches below the kidneys
 
 

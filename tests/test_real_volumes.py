@@ -11,9 +11,6 @@ of phantom cases, stored as other scanners and converters store them.
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +18,11 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import yaml
+from conftest import run_workflow
 
 from fsmis.data import phantom
 from fsmis.data.adapters import dataset_id
 
-REPO = Path(__file__).resolve().parents[1]
 CASES = ["phantom_000", "phantom_001", "phantom_002"]
 # how folder "flipped" stores each case: (axes flipped, axis order), anatomy unchanged
 STORED_AS = {"phantom_000": ((0,), (0, 1, 2)),  # mirrored left-right: RPS
@@ -84,12 +81,8 @@ def _config(name: str, root: Path, **extra) -> dict:
 
 
 def _snakemake(workdir: Path, config: dict, *args):
-    path = workdir / f"{config['experiment']}.yaml"
-    path.write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(path), "--workflow-profile", "none", "--cores", "2", *args]
-    env = {k: v for k, v in os.environ.items() if k not in ("SNAKEMAKE_PROFILE", "MLFLOW_TRACKING_URI")}
-    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    """Run ``config`` (written to ``<workdir>/<experiment>.yaml``) to the end; it must succeed."""
+    result = run_workflow(workdir, "--cores", "2", *args, config=config)
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-8000:]
     return result
 
@@ -170,8 +163,8 @@ def test_predictions_on_the_raw_grid_overlay_the_stored_files(runs, phantom_case
     for k, case in enumerate(CASES):
         back = sitk.ReadImage(str(wd / f"results/flipped/mask_transfer/setting1/fold{k}/predictions/source_grid/"
                                        f"{case}.nii.gz"))
-        raw = sitk.ReadImage(str(Path(yaml.safe_load((wd / "flipped.yaml").read_text(encoding="utf-8"))["dataset"]["root"])
-                                 / "labelsTr" / f"{case}.nii.gz"))
+        root = Path(yaml.safe_load((wd / "flipped.yaml").read_text(encoding="utf-8"))["dataset"]["root"])
+        raw = sitk.ReadImage(str(root / "labelsTr" / f"{case}.nii.gz"))
         assert back.GetSize() == raw.GetSize() and np.allclose(back.GetDirection(), raw.GetDirection())
         assert np.allclose(back.GetOrigin(), raw.GetOrigin(), atol=1e-4)
         # the plain experiment's prediction, stored the same way, is the same volume
@@ -192,7 +185,8 @@ def test_a_support_scan_without_a_class_is_flagged_not_fatal(tmp_path, phantom_c
     wd = tmp_path / "work"
     wd.mkdir()
     _snakemake(wd, _config("nospleen", root, folds=[0]))
-    metrics = json.loads((wd / "results/nospleen/mask_transfer/setting1/fold0/metrics.json").read_text(encoding="utf-8"))
+    fold = wd / "results/nospleen/mask_transfer/setting1/fold0"
+    metrics = json.loads((fold / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["support_missing"] == ["spleen"]
     oracle = metrics["protocols"]["oracle"]
     assert oracle["support_missing"] == ["spleen"] and oracle["dice"]["spleen"] is None or \
@@ -220,11 +214,7 @@ def test_a_truncated_file_stops_the_workflow_before_any_job(tmp_path, phantom_ca
     victim = root / "imagesTr" / f"phantom_001_0000{ending}"
     data = victim.read_bytes()
     victim.write_bytes(data[: keep if isinstance(keep, int) else int(len(data) * keep)])
-    config = _config("cut", root)
-    (tmp_path / "cut.yaml").write_text(yaml.safe_dump(config))
-    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory", str(tmp_path),
-           "--configfile", str(tmp_path / "cut.yaml"), "--workflow-profile", "none", "--cores", "1"]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    result = run_workflow(tmp_path, "--cores", "1", config=_config("cut", root), timeout=300)
     out = result.stdout + result.stderr
     assert result.returncode != 0
     assert f"{victim}: truncated" in out or (f"{victim}" in out and "ends early" in out), out[-3000:]

@@ -13,6 +13,7 @@ import pytest
 from fsmis import report
 from fsmis.errors import InputError
 from fsmis.io import write_json
+from fsmis.report import figures, tables
 
 CLASSES = ["spleen", "liver"]  # deliberately not alphabetical
 ORDER = ["panet", "dspnet"]  # `untrained` is left out: it must come last
@@ -58,7 +59,7 @@ def test_collect_long_table(tmp_path):
 
 
 def test_dice_table_against_hand_computation(tmp_path):
-    table = report.dice_table(report.collect(_metrics(tmp_path)), CLASSES, ORDER)
+    table = tables.dice_table(report.collect(_metrics(tmp_path)), CLASSES, ORDER)
     assert list(table.index) == ["panet", "dspnet", "untrained"]
     assert list(dict.fromkeys(table.columns.get_level_values(0))) == ["spleen", "liver", "mean", "n_folds"]
 
@@ -77,7 +78,7 @@ def test_dice_table_against_hand_computation(tmp_path):
     assert table.loc["untrained", ("mean", "mean")] == pytest.approx(15.0)
     assert math.isnan(table.loc["untrained", ("mean", "std")])
 
-    view = report.formatted(table)
+    view = tables.formatted(table)
     assert list(view.columns) == ["spleen", "liver", "mean"]
     assert view.loc["panet", "liver"] == "88.0 ± 2.8"
     assert view.loc["panet", "mean"] == "66.5 ± 2.1"
@@ -86,15 +87,15 @@ def test_dice_table_against_hand_computation(tmp_path):
 
 def test_mean_column_skips_a_class_missing_in_a_fold(tmp_path):
     dice = {"panet": {0: {"liver": 0.9, "spleen": None}, 1: {"liver": 0.7, "spleen": 0.5}}}
-    table = report.dice_table(report.collect(_metrics(tmp_path, dice)), CLASSES)
+    table = tables.dice_table(report.collect(_metrics(tmp_path, dice)), CLASSES)
     # fold means: 90 (spleen undefined) and 60
     assert table.loc["panet", ("mean", "mean")] == pytest.approx(75.0)
     assert table.loc["panet", ("spleen", "mean")] == pytest.approx(50.0)
 
 
 def test_write_tables_csv_and_markdown(tmp_path):
-    table = report.dice_table(report.collect(_metrics(tmp_path)), CLASSES, ORDER)
-    csv_path, md_path = report.write_tables(table, tmp_path / "out", "dice_setting1_oracle")
+    table = tables.dice_table(report.collect(_metrics(tmp_path)), CLASSES, ORDER)
+    csv_path, md_path = tables.write_tables(table, tmp_path / "out", "dice_setting1_oracle")
     csv = pd.read_csv(csv_path, index_col="method")
     assert list(csv.columns) == [
         "spleen_mean", "spleen_std", "liver_mean", "liver_std", "mean_mean", "mean_std", "n_folds"
@@ -225,17 +226,17 @@ def test_build_report_writes_tables_and_figures(tmp_path):
 
 def test_figures_without_report(tmp_path):
     long_df = report.collect(_metrics(tmp_path))
-    png, pdf = report.bar_figure(long_df, CLASSES, ORDER, tmp_path / "bars")
+    png, pdf = figures.bar_figure(long_df, CLASSES, ORDER, tmp_path / "bars")
     assert png.endswith("bars.png") and pdf.endswith("bars.pdf") and _is_png(png)
     logs = {"a": pd.DataFrame({"step": [0, 1, 2, 3], "loss": [1.0, 0.8, 0.9, 0.5]})}
-    png, _ = report.curve_figure(logs, tmp_path / "curves.png", smoothing=0.6, log_scale=True)
+    png, _ = figures.curve_figure(logs, tmp_path / "curves.png", smoothing=0.6, log_scale=True)
     assert _is_png(png)
     with pytest.raises(ValueError, match="lacks column"):
-        report.curve_figure({"b": pd.DataFrame({"step": [0]})}, tmp_path / "x.png")
+        figures.curve_figure({"b": pd.DataFrame({"step": [0]})}, tmp_path / "x.png")
     bad = _panels()
     bad[0]["predictions"]["panet"] = np.zeros((3, 3), bool)
     with pytest.raises(ValueError, match="shape"):
-        report.qualitative_figure(bad, tmp_path / "q.png")
+        figures.qualitative_figure(bad, tmp_path / "q.png")
 
 
 def test_slice_dice_and_smoothing():
@@ -243,19 +244,19 @@ def test_slice_dice_and_smoothing():
     b = a.copy()
     a[:2] = True  # 8 pixels
     b[1:3] = True  # 8 pixels, 4 shared
-    assert report.slice_dice(a, b) == pytest.approx(0.5)
-    assert math.isnan(report.slice_dice(np.zeros((2, 2)), np.zeros((2, 2))))
-    assert report._smooth(np.array([2.0, 2.0, 2.0]), 0.9) == pytest.approx([2.0, 2.0, 2.0])
+    assert figures.slice_dice(a, b) == pytest.approx(0.5)
+    assert math.isnan(figures.slice_dice(np.zeros((2, 2)), np.zeros((2, 2))))
+    assert figures._smooth(np.array([2.0, 2.0, 2.0]), 0.9) == pytest.approx([2.0, 2.0, 2.0])
 
 
 def test_qualitative_panels_hold_support_query_truth_and_each_protocols_predictions(tmp_path):
-    """fsmis.pipeline._qualitative_panels on tiny volumes: every panel has the support
+    """fsmis.stages.reporting._qualitative_panels on tiny volumes: every panel has the support
     slice and mask, the query slice, the ground truth and one prediction per method,
     read from the protocol's own prediction files in the declared predictions folders
     (names of fsmis.paths.prediction)."""
     import SimpleITK as sitk
 
-    from fsmis import pipeline
+    from fsmis.stages import reporting
 
     def volume(array, path):
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -290,7 +291,7 @@ def test_qualitative_panels_hold_support_query_truth_and_each_protocols_predicti
     config = {"dataset": {"name": "phantom"}, "settings": ["1"], "evaluate": {"n_parts": 3}}
 
     def panels(protocol):
-        return pipeline._qualitative_panels(paths, predictions, config, images, labels, splits, "1", protocol)
+        return reporting._qualitative_panels(paths, predictions, config, images, labels, splits, "1", protocol)
 
     oracle = panels("oracle")
     assert [p["class"] for p in oracle] == ["spleen", "liver"]  # papers' order, classes present only

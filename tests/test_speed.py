@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+import tiny_training as tiny
 import torch
 
-import tiny_training as tiny
 from fsmis import evaluate as E
 from fsmis import precision as P
 from fsmis import train as T
@@ -118,12 +118,12 @@ def test_each_slice_is_encoded_once_for_all_classes_and_protocols():
 
 
 def test_superpixel_rule_threads_reach_the_workers(tmp_path, monkeypatch):
-    """pipeline.superpixels hands the job's threads to compute() as worker processes,
+    """fsmis.stages.data.superpixels hands the job's threads to compute() as worker processes,
     and the job script passes Snakemake's threads."""
     import SimpleITK as sitk
 
-    from fsmis import pipeline
-    from fsmis.data import superpixels as S
+    from fsmis.data import superpixels as superpixel_maps
+    from fsmis.stages import data
 
     monkeypatch.setenv("FSMIS_TRACKING", "off")  # log nowhere
     monkeypatch.chdir(tmp_path)
@@ -135,11 +135,12 @@ def test_superpixel_rule_threads_reach_the_workers(tmp_path, monkeypatch):
         seen["workers"] = workers
         return np.ones(volume.shape, np.int32)
 
-    monkeypatch.setattr(S, "compute", fake)
-    pipeline.superpixels("c", "CT", {}, str(tmp_path / "image.nii.gz"), str(tmp_path / "sp.nii.gz"), 2,
-                         {"experiment": "test-speed"})
+    monkeypatch.setattr(superpixel_maps, "compute", fake)
+    data.superpixels("c", "CT", {}, str(tmp_path / "image.nii.gz"), str(tmp_path / "sp.nii.gz"), 2,
+                     {"experiment": "test-speed"})
     assert seen["workers"] == 2
-    script = (Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "superpixels.py").read_text(encoding="utf-8")
+    script_path = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "superpixels.py"
+    script = script_path.read_text(encoding="utf-8")
     assert "threads=snakemake.threads" in script
 
 

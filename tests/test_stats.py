@@ -1,4 +1,4 @@
-"""fsmis.stats: the paired test against hand calculations and scipy, spreads by hand."""
+"""fsmis.report.stats: the paired test against hand calculations and scipy, spreads by hand."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from scipy import stats as sps
 
-from fsmis import stats
 from fsmis.io import write_json
+from fsmis.report import results, stats
 
 
 def test_wilcoxon_tiny_case_by_hand():
@@ -79,7 +79,7 @@ def test_wilcoxon_not_tested_rules():
 
 def _cases(rows):
     frame = pd.DataFrame(rows, columns=["method", "fold", "case", "class", "dice"])
-    return frame.assign(setting="1", protocol="oracle", flag="ok")[stats.CASE_COLUMNS]
+    return frame.assign(setting="1", protocol="oracle", flag="ok")[results.CASE_COLUMNS]
 
 
 def test_paired_tests_match_by_fold_case_and_class():
@@ -132,8 +132,8 @@ def test_read_cases_defaults_protocol_and_skips_missing_files(tmp_path):
         paths.append(folder / "metrics.json")
     pd.DataFrame({"case": ["a", "a"], "class": ["liver", "spleen"], "dice": [0.5, np.nan],
                   "flag": ["ok", "empty_reference"]}).to_csv(paths[0].with_name("per_case.tsv"), sep="\t", index=False)
-    cases = stats.read_cases(paths)  # fold 1 has no per_case.tsv
-    assert list(cases.columns) == stats.CASE_COLUMNS
+    cases = results.read_cases(paths)  # fold 1 has no per_case.tsv
+    assert list(cases.columns) == results.CASE_COLUMNS
     assert len(cases) == 2 and set(cases["protocol"]) == {"oracle"} and set(cases["fold"]) == {0}
     assert cases["dice"].isna().sum() == 1
     means = stats.case_means(cases)

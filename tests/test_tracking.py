@@ -187,7 +187,8 @@ def test_parent_with_two_children_found_by_search(store, tmp_path, monkeypatch, 
     run_dir = next(artifacts.glob(f"{runs['run_id'].iloc[1]}/artifacts"))
     assert json.loads((run_dir / "metrics.json").read_text(encoding="utf-8")) == {"dice": 0.6}
     assert (run_dir / "logs" / "train_log1.tsv").read_text(encoding="utf-8") == "step\tloss\n0\t1.0\n"
-    assert (next(artifacts.glob(f"{parent}/artifacts")) / "snakemake" / "snakemake.log").read_text(encoding="utf-8") == "all done\n"
+    stored_log = next(artifacts.glob(f"{parent}/artifacts")) / "snakemake" / "snakemake.log"
+    assert stored_log.read_text(encoding="utf-8") == "all done\n"
 
     everything = tracking.search("demo")
     parent_row = everything[everything["run_id"] == parent].iloc[0]

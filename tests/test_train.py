@@ -2,9 +2,9 @@
 
 import pandas as pd
 import pytest
+import tiny_training as tiny
 import torch
 
-import tiny_training as tiny
 from fsmis import checkpoint as ckpt
 from fsmis import train as T
 from fsmis.errors import InputError
@@ -27,10 +27,12 @@ class Killer:
 
 def test_resume_after_kill_gives_the_same_model(tmp_path):
     meta = {"config_hash": "abc"}
-    T.train(tiny.model(), tiny.episodes(), CFG, tmp_path / "a" / "model.pt", tmp_path / "a" / "log.tsv", meta, device="cpu")
+    a = tmp_path / "a"
+    T.train(tiny.model(), tiny.episodes(), CFG, a / "model.pt", a / "log.tsv", meta, device="cpu")
     b = tmp_path / "b"
     with pytest.raises(KeyboardInterrupt):
-        T.train(tiny.model(), tiny.episodes(), CFG, b / "model.pt", b / "log.tsv", meta, device="cpu", tracker=Killer(5))
+        T.train(tiny.model(), tiny.episodes(), CFG, b / "model.pt", b / "log.tsv", meta, device="cpu",
+                tracker=Killer(5))
     assert (b / "checkpoint.pt").exists() and not (b / "model.pt").exists()
     assert ckpt.load(b / "checkpoint.pt")["step"] == 3
     T.train(tiny.model(), tiny.episodes(), CFG, b / "model.pt", b / "log.tsv", meta, device="cpu")
@@ -73,7 +75,7 @@ def test_method_losses_that_need_the_query_label_are_trained(tmp_path):
     import pandas as pd
 
     from fsmis import train as T
-    
+
     torch.manual_seed(0)
     model = registry.build("iplsl", {"backbone": "small_cnn", "feature_dim": 16}, {})
     assert model.takes_query_label

@@ -10,7 +10,6 @@ import os
 
 import pytest
 import torch
-from fake_zenodo import fake_zenodo  # noqa: F401  (fixture)
 
 from fsmis.data import weights
 from fsmis.data.weights import WeightsChecksumError, WeightsError, fetch

@@ -5,67 +5,17 @@ the workflow imports neither torch nor the fsmis library, so they need no GPU an
 data, and take a few seconds each. The end-to-end run lives elsewhere.
 """
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-SNAKEFILE = REPO / "Snakefile"
 DEMO_CONFIG = REPO / "config.yaml"
 SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 
-def run_snakemake(workdir, *args, configfile=DEMO_CONFIG):
-    """`snakemake` on the repository's Snakefile, in `workdir`, no profile."""
-    cmd = [
-        sys.executable, "-m", "snakemake",
-        "--snakefile", str(SNAKEFILE),
-        "--directory", str(workdir),
-        "--configfile", str(configfile),
-        "--workflow-profile", "none",
-        *args,
-    ]  # fmt: skip
-    # A user's global profile must not change what the tests see.
-    env = {k: v for k, v in os.environ.items() if k != "SNAKEMAKE_PROFILE"}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
-
-
-def dry_run(workdir, *args, **kwargs):
-    result = run_snakemake(workdir, "--dry-run", "--cores", "2", *args, **kwargs)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output
-    return job_counts(output)
-
-
-def job_counts(output: str) -> dict[str, int]:
-    """Rows of the first "Job stats:" table that Snakemake prints: {rule: count}."""
-    lines = output.splitlines()
-    try:
-        start = next(i for i, line in enumerate(lines) if line.strip() == "Job stats:")
-    except StopIteration:
-        raise AssertionError(
-            f"no 'Job stats:' table in the output:\n{output}"
-        ) from None
-    counts = {}
-    for line in lines[start + 1 :]:
-        row = re.fullmatch(r"\s*([A-Za-z_]\w*)\s+(\d+)\s*", line)
-        if row is None:
-            if counts:  # the table ended without a total row
-                break
-            continue  # the header and the dashed rule under it
-        if row[1] == "total":
-            assert sum(counts.values()) == int(row[2]), output
-            return counts
-        counts[row[1]] = int(row[2])
-    raise AssertionError(f"no 'total' row in the job stats:\n{output}")
-
-
-def test_demo_dry_run_builds_the_whole_experiment(tmp_path):
+def test_demo_dry_run_builds_the_whole_experiment(tmp_path, dry_run):
     counts = dry_run(tmp_path)
     # 10 phantom cases; 5 folds x setting "1"; methods ssl_alpnet + panet + dspnet +
     # iplsl, baselines untrained (trained for 0 steps) + mask_transfer (evaluated only).
@@ -86,7 +36,7 @@ def test_demo_dry_run_builds_the_whole_experiment(tmp_path):
     assert not (tmp_path / "results").exists()
 
 
-def test_config_overrides_shrink_the_dag(tmp_path):
+def test_config_overrides_shrink_the_dag(tmp_path, dry_run):
     counts = dry_run(
         tmp_path,
         "--config",
@@ -103,7 +53,7 @@ def test_config_overrides_shrink_the_dag(tmp_path):
     assert counts["report"] == 1
 
 
-def test_setting_2_trains_one_model_per_label_group(tmp_path):
+def test_setting_2_trains_one_model_per_label_group(tmp_path, snakemake, dry_run):
     counts = dry_run(
         tmp_path, "--config", "folds=[0, 1]", "methods=[ssl_alpnet]", "settings=[1, 2, 2all]",
         "baselines=[mask_transfer]",
@@ -112,7 +62,7 @@ def test_setting_2_trains_one_model_per_label_group(tmp_path):
     # liver+spleen), setting 2all one model; each setting evaluated once per method
     assert counts["train"] == 2 * (1 + 2 + 1)
     assert counts["evaluate"] == 2 * 3 * 2
-    result = run_snakemake(
+    result = snakemake(
         tmp_path, "--dry-run", "--config", "folds=[0]", "methods=[ssl_alpnet]", "settings=[2]",
         "baselines=[]", "--", "results/demo/ssl_alpnet/setting2/fold0/metrics.json",
     )
@@ -121,15 +71,15 @@ def test_setting_2_trains_one_model_per_label_group(tmp_path):
     assert "setting2/fold0/liver+spleen/model.pt" in out
 
 
-def test_one_fold_can_be_rerun_by_asking_for_its_file(tmp_path):
+def test_one_fold_can_be_rerun_by_asking_for_its_file(tmp_path, dry_run):
     counts = dry_run(tmp_path, "results/demo/panet/setting1/fold0/metrics.json")
     assert counts["train"] == 1
     assert counts["evaluate"] == 1
     assert "report" not in counts and "all" not in counts
 
 
-def test_mask_transfer_has_no_training_job(tmp_path):
-    result = run_snakemake(
+def test_mask_transfer_has_no_training_job(tmp_path, snakemake):
+    result = snakemake(
         tmp_path, "--dry-run", "results/demo/mask_transfer/setting1/fold0/model.pt"
     )
     assert result.returncode != 0
@@ -146,10 +96,8 @@ def test_mask_transfer_has_no_training_job(tmp_path):
                                      "phantom, chaos_mr, abdomenct1k, synapse_ct, cmr_bssfp, nifti_folder")),
     ],
 )
-def test_invalid_config_is_rejected_with_a_readable_message(
-    tmp_path, override, message
-):
-    result = run_snakemake(tmp_path, "--dry-run", "--config", override)
+def test_invalid_config_is_rejected_with_a_readable_message(tmp_path, override, message, snakemake):
+    result = snakemake(tmp_path, "--dry-run", "--config", override)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert message in output, output
@@ -163,21 +111,21 @@ def test_invalid_config_is_rejected_with_a_readable_message(
            "rest); n_folds 3 works with these 3 cases; n_folds 2 needs at least 4 cases"),
     (2, 2, "no n_folds works with 2 case(s): at least 3 are needed"),
 ])
-def test_too_few_cases_for_the_folds_stop_before_any_job(tmp_path, n_cases, n_folds, message):
+def test_too_few_cases_for_the_folds_stop_before_any_job(tmp_path, n_cases, n_folds, message, snakemake):
     """The one fold-feasibility check runs on the config, and says what would work."""
     cfg = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
     cfg["dataset"] = {"name": "phantom", "n_cases": n_cases}
     cfg["n_folds"] = n_folds
     cfg.pop("folds", None)
     (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(cfg))
-    result = run_snakemake(tmp_path, "--dry-run", configfile=tmp_path / "cfg.yaml")
+    result = snakemake(tmp_path, "--dry-run", config=tmp_path / "cfg.yaml")
     output = result.stdout + result.stderr
     assert result.returncode != 0 and message in output, output
     assert "Traceback" not in output and not (tmp_path / "results").exists()
 
 
-def test_lint_is_clean(tmp_path):
-    result = run_snakemake(tmp_path, "--lint")
+def test_lint_is_clean(tmp_path, snakemake):
+    result = snakemake(tmp_path, "--lint")
     output = result.stdout + result.stderr
     # --lint exits 1 as soon as it reports anything.
     assert result.returncode == 0, output
@@ -316,16 +264,16 @@ def test_conda_env_pins_match_requirements():
     assert sorted(pip) == sorted(requirements)
 
 
-def test_unknown_method_is_refused_with_the_known_ones(tmp_path):
+def test_unknown_method_is_refused_with_the_known_ones(tmp_path, snakemake):
     cfg = tmp_path / "bad.yaml"
     cfg.write_text(yaml.safe_dump({"experiment": "demo", "methods": ["unet"]}))
-    result = run_snakemake(tmp_path, "--dry-run", "--cores", "1", "--configfile", str(DEMO_CONFIG), str(cfg))
+    result = snakemake(tmp_path, "--dry-run", "--cores", "1", "--configfile", str(DEMO_CONFIG), str(cfg))
     out = result.stdout + result.stderr
     assert result.returncode != 0
     assert "['unet'] are neither registered" in out and "variants" in out
 
 
-def test_variants_become_methods_of_their_own(tmp_path):
+def test_variants_become_methods_of_their_own(tmp_path, dry_run):
     cfg = tmp_path / "ablation.yaml"
     cfg.write_text(yaml.safe_dump({
         "experiment": "demo", "methods": ["panet", "panet_cold"], "baselines": [], "folds": [0],
@@ -335,7 +283,7 @@ def test_variants_become_methods_of_their_own(tmp_path):
     assert counts["train"] == 2 and counts["evaluate"] == 2
 
 
-def test_demo_ablation_preset_runs_each_part_off(tmp_path):
+def test_demo_ablation_preset_runs_each_part_off(tmp_path, dry_run):
     preset = REPO / "workflow" / "presets" / "demo-ablation.yaml"
     counts = dry_run(tmp_path, "--configfile", str(DEMO_CONFIG), str(preset))
     # 4 DSPNet rows (full, no RAN, no FSPA, no BCMA) and 5 IPLSL rows (full and each

@@ -9,7 +9,7 @@ import logging
 import os
 
 import pytest
-from fake_zenodo import FakeZenodo, fake_zenodo  # noqa: F401  (fixture)
+from fake_zenodo import FakeZenodo
 
 from fsmis.data import zenodo
 from fsmis.data.zenodo import ChecksumError, ZenodoError, download, fetch_record_files, record_files
@@ -48,7 +48,8 @@ def test_download_verifies_by_the_records_size_and_md5(server, tmp_path):
 
     path = fetch()
     assert path == tmp_path / "raw" / "CHAOS_Train_Sets.zip" and path.read_bytes() == PAYLOAD
-    assert (tmp_path / "raw" / "CHAOS_Train_Sets.zip.md5").read_text(encoding="utf-8") == f"{MD5}  CHAOS_Train_Sets.zip\n"
+    sidecar = tmp_path / "raw" / "CHAOS_Train_Sets.zip.md5"
+    assert sidecar.read_text(encoding="utf-8") == f"{MD5}  CHAOS_Train_Sets.zip\n"
     assert sorted(os.listdir(tmp_path / "raw")) == ["CHAOS_Train_Sets.zip", "CHAOS_Train_Sets.zip.md5"]
     fetch()
     assert server.count("CHAOS_Train_Sets.zip") == 1  # the rerun found file, sidecar and md5

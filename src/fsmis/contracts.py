@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import numbers
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
-from typing import Any, Mapping
+from typing import Any
 
 from fsmis.errors import InputError
 
@@ -108,7 +109,7 @@ class Fold:
         return {"fold": self.fold, "test": list(self.test), "support": self.support, "train": list(self.train)}
 
     @classmethod
-    def from_json(cls, data, path=None, where: str = "fold") -> "Fold":
+    def from_json(cls, data, path=None, where: str = "fold") -> Fold:
         check = _Checker(path)
         check.obj(data, where)
         missing = [k for k in ("fold", "test", "support", "train") if k not in data]
@@ -145,7 +146,7 @@ class Splits:
         return {"n_folds": self.n_folds, "folds": [f.to_json() for f in self.folds]}
 
     @classmethod
-    def from_json(cls, data, path=None) -> "Splits":
+    def from_json(cls, data, path=None) -> Splits:
         check = _Checker(path)
         check.obj(data, "", "a JSON object (splits.json)")
         check.keys(data, ("n_folds", "folds"), "splits.json")
@@ -161,7 +162,7 @@ class Splits:
         return cls(n_folds, folds)
 
     @classmethod
-    def read(cls, path) -> "Splits":
+    def read(cls, path) -> Splits:
         return cls.from_json(_read_json(path), path)
 
     def write(self, path) -> None:
@@ -187,7 +188,7 @@ class ClassMap:
         return {name: {case: list(zs) for case, zs in by_case.items()} for name, by_case in self.slices.items()}
 
     @classmethod
-    def from_json(cls, data, path=None) -> "ClassMap":
+    def from_json(cls, data, path=None) -> ClassMap:
         check = _Checker(path)
         check.obj(data, "", "a JSON object {class: {case: [z, ...]}} (classmap.json)")
         slices = {}
@@ -201,7 +202,7 @@ class ClassMap:
         return cls(slices)
 
     @classmethod
-    def read(cls, path) -> "ClassMap":
+    def read(cls, path) -> ClassMap:
         return cls.from_json(_read_json(path), path)
 
     def write(self, path) -> None:
@@ -227,7 +228,7 @@ class ProtocolResult:
                 "support_missing": list(self.support_missing)}
 
     @classmethod
-    def from_json(cls, data, path=None, where: str = "protocol") -> "ProtocolResult":
+    def from_json(cls, data, path=None, where: str = "protocol") -> ProtocolResult:
         check = _Checker(path)
         dice = data.get("dice") if isinstance(data, Mapping) else None
         if not isinstance(dice, Mapping) or not dice:
@@ -243,7 +244,7 @@ class ProtocolResult:
 
 @dataclass(frozen=True)
 class Metrics:
-    """``metrics.json`` of one method, setting and fold (``fsmis.pipeline.evaluate``).
+    """``metrics.json`` of one method, setting and fold (``fsmis.stages.evaluation.evaluate``).
     ``method``, ``setting``, ``fold`` and ``protocols`` are required; the others were
     added over time and default to empty when an older file lacks them."""
 
@@ -258,7 +259,7 @@ class Metrics:
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # label group -> its classes
 
     def to_json(self) -> dict:
-        # the order pipeline.evaluate has always written
+        # the order the evaluate stage has always written
         return {"method": self.method, "setting": self.setting, "fold": self.fold, "dataset": self.dataset,
                 "support": self.support, "support_by_class": dict(self.support_by_class),
                 "support_missing": list(self.support_missing),
@@ -266,7 +267,7 @@ class Metrics:
                 "protocols": {p: r.to_json() for p, r in self.protocols.items()}}
 
     @classmethod
-    def from_json(cls, data, path=None) -> "Metrics":
+    def from_json(cls, data, path=None) -> Metrics:
         check = _Checker(path)
         check.obj(data, "", "a JSON object (metrics.json)")
         check.keys(data, ("method", "setting", "fold", "protocols"), "metrics.json")
@@ -293,7 +294,7 @@ class Metrics:
         )
 
     @classmethod
-    def read(cls, path) -> "Metrics":
+    def read(cls, path) -> Metrics:
         return cls.from_json(_read_json(path), path)
 
     def write(self, path) -> None:
@@ -306,7 +307,7 @@ class Metrics:
 @dataclass(frozen=True)
 class ModelMeta:
     """The ``meta`` entry of ``model.pt`` (and of the resume file ``checkpoint.pt``):
-    what ``fsmis.pipeline.evaluate`` rebuilds the network from and normalises scans
+    what ``fsmis.stages.evaluation.evaluate`` rebuilds the network from and normalises scans
     with. ``config_hash`` covers everything the model depends on; a resume file with
     another hash is set aside (``fsmis.train.train``)."""
 
@@ -330,7 +331,7 @@ class ModelMeta:
                 "modality": self.modality}
 
     @classmethod
-    def from_json(cls, data, path=None) -> "ModelMeta":
+    def from_json(cls, data, path=None) -> ModelMeta:
         check = _Checker(path)
         check.obj(data, "meta")
         check.keys(data, [f.name for f in fields(cls)], "model.pt meta")
@@ -356,7 +357,7 @@ class ModelMeta:
         )
 
     @classmethod
-    def load(cls, path, map_location="cpu") -> tuple["ModelMeta", dict]:
+    def load(cls, path, map_location="cpu") -> tuple[ModelMeta, dict]:
         """``(meta, state_dict)`` of a model file."""
         from fsmis import checkpoint
 
@@ -366,7 +367,7 @@ class ModelMeta:
         return cls.from_json(state["meta"], path), state["state_dict"]
 
     @classmethod
-    def read(cls, path) -> "ModelMeta":
+    def read(cls, path) -> ModelMeta:
         return cls.load(path)[0]
 
     def write(self, path, state_dict: Mapping, step: int = 0) -> None:

@@ -9,6 +9,7 @@ import math
 
 import numpy as np
 
+
 def support_slices(label: np.ndarray, cid: int, n_parts: int) -> list[int]:
     """Support slice per chunk: 1/6, 1/2, 5/6 of the class's slice list for 3 chunks."""
     zlist = np.flatnonzero((label == cid).reshape(label.shape[0], -1).any(axis=1))

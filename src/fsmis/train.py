@@ -23,9 +23,9 @@ import torch
 
 from fsmis import checkpoint as ckpt
 from fsmis import paths
-from fsmis.precision import amp_dtype, autocast_encoder, make_grad_scaler, pick_device
 from fsmis.models.prototypes import segmentation_loss
 from fsmis.models.ssl_alpnet import EmptyPrototypeSet
+from fsmis.precision import amp_dtype, autocast_encoder, make_grad_scaler, pick_device
 
 log = logging.getLogger(__name__)
 
@@ -110,7 +110,8 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
             stale = Path(paths.beside(model_out, "stale_checkpoint",
                                       config_hash=state.get("meta", {}).get("config_hash") or "old"))
             resume_path.rename(stale)
-            log.warning("checkpoint %s belongs to another configuration; kept as %s, starting fresh", resume_path, stale)
+            log.warning("checkpoint %s belongs to another configuration; kept as %s, starting fresh",
+                        resume_path, stale)
 
     steps, every = int(cfg["steps"]), int(cfg["log_every"])
     acc = {"loss": 0.0, "query_loss": 0.0, "align_loss": 0.0, "other_loss": 0.0, "n": 0, "skipped": 0}
@@ -165,7 +166,8 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
                     state["scaler"] = scaler.state_dict()
                 ckpt.save(state, resume_path)
     _write_log(rows, log_out)
-    ckpt.save({"state_dict": {k: v.cpu() for k, v in model.state_dict().items()}, "step": steps, "meta": meta}, model_out)
+    weights = {k: v.cpu() for k, v in model.state_dict().items()}
+    ckpt.save({"state_dict": weights, "step": steps, "meta": meta}, model_out)
     if resume_path.exists():
         resume_path.unlink()  # the finished model supersedes the resume state
     return {"steps": steps, "final_loss": rows[-1]["loss"] if rows else float("nan"),

@@ -3,12 +3,12 @@
 # `snakemake --lint` flags files that mix rules and functions; it matches the word
 # "rule" followed by a name and a colon anywhere, comments included.
 #
-# Nothing here imports fsmis at parse time: dry-runs and --lint must not need torch or
-# mlflow. The MLflow handlers in the Snakefile import it lazily via fsmis_tracking().
+# At parse time only the standard-library modules of fsmis are imported (config,
+# paths, envvars, the registries of methods and datasets): dry-runs and --lint must not
+# need torch or mlflow. The MLflow handlers in the Snakefile import it lazily.
 
 import hashlib
 import importlib
-import json
 import os
 import re
 import sys
@@ -39,9 +39,7 @@ MLFLOW_SPOOL = Path("results/mlflow/spool").absolute()
 
 # The library shipped with this workflow: <repo>/src (this file is
 # <repo>/workflow/rules/common.smk).
-SRC_DIR = (
-    Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parents[1] / "src"
-)
+SRC_DIR = Path(workflow.current_basedir.get_path_or_uri(secret_free=True)).parents[1] / "src"
 
 
 def fsmis_module(name):
@@ -84,76 +82,23 @@ def source_digest(relative):
     return hashlib.sha256((SRC_DIR / relative).read_bytes()).hexdigest()[:12]
 
 
-def check_config(cfg):
-    """Checks the schema cannot express. Also normalises `settings` to strings and
-    `folds` to integers (the schema accepts both spellings: YAML files give 1, while
-    `--config` gives "1")."""
-    cfg["settings"] = [str(s) for s in cfg["settings"]]
-    # `folds` follows `n_folds` unless the config picks some
-    cfg["folds"] = [int(f) for f in cfg.get("folds") or range(cfg["n_folds"])]
-    dataset = cfg["dataset"]
-    # The schema takes any name: the adapters' registry is the one list of datasets.
-    known = fsmis_module("fsmis.data.adapters").DATASETS
-    if dataset["name"] not in known:
-        raise WorkflowError(
-            f"config: dataset.name {dataset['name']!r} is not a registered dataset; "
-            f"known: {', '.join(known)}"
-        )
-    if isinstance(dataset.get("cases"), str) and dataset["cases"].isdigit():
-        dataset["cases"] = int(dataset["cases"])
-    for key in ("cases", "exclude"):  # case numbers given on the command line are text
-        if isinstance(dataset.get(key), list):
-            dataset[key] = [int(c) if isinstance(c, str) and c.isdigit() else c for c in dataset[key]]
-    if "subtask" in dataset:
-        dataset["subtask"] = int(dataset["subtask"])
-    for key in ("settings", "folds"):
-        if len(set(cfg[key])) != len(cfg[key]):
-            raise WorkflowError(f"config: {key} lists an entry twice: {cfg[key]}")
-    n_folds = cfg["n_folds"]
-    bad = [f for f in cfg["folds"] if f >= n_folds]
-    if bad:
-        raise WorkflowError(
-            f"config: folds {bad} do not exist with n_folds={n_folds} "
-            f"(folds are numbered 0..{n_folds - 1})"
-        )
-    unknown = [m for m in cfg["methods"] if m not in REGISTERED and m not in cfg["variants"]]
-    if unknown:
-        raise WorkflowError(
-            f"config: methods {unknown} are neither registered ({', '.join(REGISTERED)}) "
-            "nor defined under `variants`"
-        )
-    # The one fold-feasibility check (the splits step runs the same function), before
-    # any job: a dataset too small for its folds must not fail after the data stages.
-    n_cases = len(case_ids(cfg["dataset"]))
-    problem = fsmis_module("fsmis.data.splits").infeasible(n_cases, n_folds)
-    if problem:
-        raise WorkflowError(f"config: dataset {cfg['dataset']['name']!r}, n_folds={n_folds}: {problem}")
-    pretrained = cfg["model"]["pretrained"]
-    if pretrained is not None and not pretrained:
-        raise WorkflowError(
-            "config: model.pretrained is empty; use null for random init"
-        )
+# The config's own checks, hash and case ids (fsmis.config, standard library only).
+CONFIG = fsmis_module("fsmis.config")
 
 
-def case_ids(dataset):
-    """Case ids of a dataset, known from the config alone (the DAG stays static)."""
+def config_checked(fn, *args):
+    """`fn(*args)` with a config problem shown as Snakemake's one-line WorkflowError."""
     try:
-        return fsmis_module("fsmis.data.adapters").get(dataset["name"]).case_ids(dataset)
-    except (ValueError, OSError) as err:
-        raise WorkflowError(f"config: dataset {dataset['name']!r}: {err}") from None
-
-
-def config_hash(cfg):
-    """First 12 hex digits of the sha256 of the canonical JSON of the whole config."""
-    text = json.dumps(cfg, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:12]
+        return fn(*args)
+    except CONFIG.ConfigError as err:
+        raise WorkflowError(str(err)) from None
 
 
 # --- constants of this invocation ---------------------------------------------------
 
 # The Snakefile validated `config` against the schema (defaults filled) before
 # including this file; these checks complete the validation before anything uses it.
-check_config(config)
+config_checked(CONFIG.check, config, REGISTERED)
 
 EXPERIMENT = config["experiment"]
 DATASET = config["dataset"]["name"]
@@ -182,20 +127,19 @@ UNPACKED = {ADAPTERS.unpack_dir("", f).name: f for f in DOWNLOADS}
 RAW_DIR = {
     "generated": f"resources/{DATASET}/raw",
     "zenodo": f"resources/{DATASET}/raw",
-}.get(SOURCE_KIND) or config["dataset"].get("root")
+}.get(SOURCE_KIND) or config[
+    "dataset"
+].get("root")
 # The requested cases (from the config alone). Where the usable ones are only known
 # after unpacking (DYNAMIC_CASES), the inventory checkpoint decides: usable_cases().
-CASES = case_ids(config["dataset"])
+CASES = config_checked(CONFIG.case_ids, config["dataset"])
 # {case: CT|MR}: per case, since a nifti_folder may mix modalities (dataset.modality map
 # or dataset.json training entries; fsmis.data.adapters.case_modalities)
 CASE_MODALITY = ADAPTERS.case_modalities(config["dataset"], CASES)
 DYNAMIC_CASES = SOURCE_KIND == "zenodo" and ADAPTERS.cases_known_after_unpack(config["dataset"])
 # Predictions also written on the raw files' grids (evaluate.source_grid_predictions):
 # "auto" = on for a user's local folder, whose raw images the user will overlay them on.
-SOURCE_GRID = {"auto": SOURCE_KIND == "local"}.get(
-    config["evaluate"].get("source_grid_predictions", "auto"),
-    config["evaluate"].get("source_grid_predictions") is True,
-)
+SOURCE_GRID = CONFIG.source_grid_predictions(config, SOURCE_KIND)
 FOLDS = config["folds"]
 SETTINGS = config["settings"]
 METHODS = config["methods"]
@@ -205,7 +149,7 @@ TRAINABLE = REGISTERED + list(config["variants"]) + ["untrained"]
 # Everything that gets a model.pt: the methods, plus `untrained` if asked for.
 TRAINED = METHODS + [b for b in BASELINES if b in TRAINABLE]
 EVALUATED = METHODS + BASELINES
-CONFIG_HASH = config_hash(config)
+CONFIG_HASH = CONFIG.config_hash(config)
 # The models of one fold per setting: {setting: {group: test classes}} (fsmis.settings);
 # one group "all" except in setting 2 (one model per label group).
 GROUPS = {
@@ -283,10 +227,7 @@ def model_for_evaluation(wildcards):
     setting 2); mask_transfer has no model."""
     if wildcards.method not in TRAINABLE:
         return {}
-    return {
-        group: expand(rules.train.output.model, group=group, **wildcards)[0]
-        for group in GROUPS[wildcards.setting]
-    }
+    return {group: expand(rules.train.output.model, group=group, **wildcards)[0] for group in GROUPS[wildcards.setting]}
 
 
 def method_params(wildcards):
@@ -355,9 +296,7 @@ def report_items(name, ext, caption, category):
         for protocol in PROTOCOLS:
             path = PATHS.fill("report_slice", exp=EXPERIMENT, name=name, setting=setting, protocol=protocol, ext=ext)
             labels = {"setting": setting, "protocol": protocol}
-            items.append(
-                report_item(path, caption=caption, category=category, labels=labels)
-            )
+            items.append(report_item(path, caption=caption, category=category, labels=labels))
     return items
 
 

@@ -22,11 +22,7 @@ rule generate_phantom:
         dataset=lookup(dpath="dataset", within=config),
         cases=CASES,
         # the generator's code is the data: editing it regenerates them
-        generator=(
-            source_digest(DATASET_FACTS["source"]["generator"])
-            if SOURCE_KIND == "generated"
-            else None
-        ),
+        generator=(source_digest(DATASET_FACTS["source"]["generator"]) if SOURCE_KIND == "generated" else None),
     script:
         "../scripts/generate_phantom.py"
 
@@ -54,19 +50,17 @@ rule download:
         archive=PATHS.download,
     log:
         PATHS.log_download,
-    params:
-        record=lambda wildcards: DOWNLOADS[wildcards.file],
     conda:
         "../../envs/fsmis.yaml"
+    params:
+        record=lambda wildcards: DOWNLOADS[wildcards.file],
     script:
         "../scripts/download.py"
 
 
 rule unpack:
     input:
-        archive=lambda wildcards: PATHS.fill(
-            "download", source=wildcards.source, file=UNPACKED[wildcards.archive]
-        ),
+        archive=lambda wildcards: PATHS.fill("download", source=wildcards.source, file=UNPACKED[wildcards.archive]),
     output:
         folder=directory(PATHS.unpacked),
     log:

@@ -10,31 +10,19 @@
 rule report:
     input:
         # metrics, per_case and predictions: one entry per evaluation, in one order
-        metrics=expand(
-            fold_outputs(rules.evaluate.output.metrics, EVALUATED), exp=EXPERIMENT
-        ),
-        per_case=expand(
-            fold_outputs(rules.evaluate.output.per_case, EVALUATED), exp=EXPERIMENT
-        ),
-        predictions=expand(
-            fold_outputs(rules.evaluate.output.predictions, EVALUATED), exp=EXPERIMENT
-        ),
-        train_logs=expand(
-            fold_outputs(rules.train.output.train_log, TRAINED), exp=EXPERIMENT
-        ),
+        metrics=expand(fold_outputs(rules.evaluate.output.metrics, EVALUATED), exp=EXPERIMENT),
+        per_case=expand(fold_outputs(rules.evaluate.output.per_case, EVALUATED), exp=EXPERIMENT),
+        predictions=expand(fold_outputs(rules.evaluate.output.predictions, EVALUATED), exp=EXPERIMENT),
+        train_logs=expand(fold_outputs(rules.train.output.train_log, TRAINED), exp=EXPERIMENT),
         splits=expand(rules.splits.output.splits, exp=EXPERIMENT),
         images=per_case(rules.preprocess.output.image),
         labels=per_case(rules.preprocess.output.label),
         # the papers' numbers the tables compare against (package data)
         published=SRC_DIR / "fsmis" / "published_results.csv",
     output:
-        tables=report_items(
-            "dice", "csv", caption="../report/dice_table.rst", category="Dice tables"
-        ),
+        tables=report_items("dice", "csv", caption="../report/dice_table.rst", category="Dice tables"),
         markdown=report_slices("dice", "md"),
-        paper=report_items(
-            "paper", "csv", caption="../report/paper_table.rst", category="Paper tables"
-        ),
+        paper=report_items("paper", "csv", caption="../report/paper_table.rst", category="Paper tables"),
         paper_text=report_slices("paper", "md", "tex"),
         stats=report_items(
             "stats",
@@ -43,9 +31,7 @@ rule report:
             category="Spread and paired tests",
         ),
         stats_markdown=report_slices("stats", "md"),
-        bars=report_items(
-            "dice_bars", "png", caption="../report/dice_bars.rst", category="Dice figures"
-        ),
+        bars=report_items("dice_bars", "png", caption="../report/dice_bars.rst", category="Dice figures"),
         qualitative_slices=report_items(
             "qualitative",
             "png",

@@ -1,9 +1,9 @@
-"""Job script of rule case_table: see fsmis.pipeline.case_table."""
+"""Job script of rule case_table: see fsmis.stages.data.case_table."""
 
 from fsmis_job import one, start, strs
 
 start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
-from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+from fsmis.stages import data  # noqa: E402 (imported once errors go to the job log)
 
-pipeline.case_table(rows=strs(snakemake.input.rows), out=one(snakemake.output.cases))
+data.case_table(rows=strs(snakemake.input.rows), out=one(snakemake.output.cases))

@@ -1,16 +1,13 @@
-"""Job script of rule classmap: see fsmis.pipeline.classmap."""
+"""Job script of rule classmap: see fsmis.stages.data.classmap."""
 
-from fsmis_job import one, start, strs
+from fsmis_job import by_case, one, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
-from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+from fsmis.stages import data  # noqa: E402 (imported once errors go to the job log)
 
-pipeline.classmap(
-    # params.cases and input.labels come from the same case list, in the same order.
-    label_paths=dict(
-        zip(strs(snakemake.params.cases), strs(snakemake.input.labels), strict=True)
-    ),
+data.classmap(
+    label_paths=by_case(snakemake.params.cases, snakemake.input.labels),
     out=one(snakemake.output.classmap),
     tracking=tracking,
 )

@@ -1,13 +1,13 @@
-"""Job script of rule evaluate: see fsmis.pipeline.evaluate."""
+"""Job script of rule evaluate: see fsmis.stages.evaluation.evaluate."""
 
 from fsmis_job import by_case, one, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
-from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+from fsmis.stages import evaluation  # noqa: E402 (imported once errors go to the job log)
 
 source_grid = bool(snakemake.params.source_grid)
-pipeline.evaluate(
+evaluation.evaluate(
     method=snakemake.wildcards.method,
     setting=snakemake.wildcards.setting,
     fold=int(snakemake.wildcards.fold),

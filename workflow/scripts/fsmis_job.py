@@ -3,7 +3,7 @@
 Snakemake puts this folder on ``sys.path`` when it runs a ``script:``, so the job
 scripts import it as ``fsmis_job``. It sends the job's stdout, stderr and ``logging``
 output into the rule's log file, makes ``fsmis`` importable, and builds the
-``tracking`` dict that every ``fsmis.pipeline`` function takes.
+``tracking`` dict that every stage function of ``fsmis.stages`` takes.
 """
 
 import importlib.util

@@ -1,12 +1,12 @@
-"""Job script of rule preprocess: see fsmis.pipeline.preprocess."""
+"""Job script of rule preprocess: see fsmis.stages.data.preprocess."""
 
 from fsmis_job import one, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
-from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+from fsmis.stages import data  # noqa: E402 (imported once errors go to the job log)
 
-pipeline.preprocess(
+data.preprocess(
     case=snakemake.wildcards.case,
     modality=snakemake.params.modality,
     params=dict(snakemake.params.preprocess),

@@ -1,12 +1,12 @@
-"""Job script of rule report: see fsmis.pipeline.report."""
+"""Job script of rule report: see fsmis.stages.reporting.report."""
 
 from fsmis_job import by_case, one, parent, start, strs
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
-from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+from fsmis.stages import reporting  # noqa: E402 (imported once errors go to the job log)
 
-pipeline.report(
+reporting.report(
     # metrics, per_case and predictions: one entry per evaluation, in one order
     metrics_paths=strs(snakemake.input.metrics),
     per_case_paths=strs(snakemake.input.per_case),

@@ -1,12 +1,12 @@
-"""Job script of rule splits: see fsmis.pipeline.splits."""
+"""Job script of rule splits: see fsmis.stages.data.splits."""
 
 from fsmis_job import one, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
-from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+from fsmis.stages import data  # noqa: E402 (imported once errors go to the job log)
 
-pipeline.splits(
+data.splits(
     cases_tsv=one(snakemake.input.cases),
     n_folds=int(snakemake.params.n_folds),
     out=one(snakemake.output.splits),

@@ -1,12 +1,12 @@
-"""Job script of rule superpixels: see fsmis.pipeline.superpixels."""
+"""Job script of rule superpixels: see fsmis.stages.data.superpixels."""
 
 from fsmis_job import one, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
-from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+from fsmis.stages import data  # noqa: E402 (imported once errors go to the job log)
 
-pipeline.superpixels(
+data.superpixels(
     case=snakemake.wildcards.case,
     modality=snakemake.params.modality,
     params=dict(snakemake.params.superpixels),

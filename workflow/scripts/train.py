@@ -1,12 +1,12 @@
-"""Job script of rule train: see fsmis.pipeline.train."""
+"""Job script of rule train: see fsmis.stages.training.train."""
 
 from fsmis_job import by_case, one, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
-from fsmis import pipeline  # noqa: E402 (imported once errors go to the job log)
+from fsmis.stages import training  # noqa: E402 (imported once errors go to the job log)
 
-pipeline.train(
+training.train(
     method=snakemake.wildcards.method,
     setting=snakemake.wildcards.setting,
     fold=int(snakemake.wildcards.fold),

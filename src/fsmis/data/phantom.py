@@ -395,7 +395,8 @@ def _paint_kidneys(frame, tissue, organ, rng, p):
         kidney = outer & ~notch
         # perirenal fat keeps the kidney apart from liver/spleen/bowel
         peri = (r < 1.25) & ~kidney
-        _paint(tissue, organ, sl, peri & frame.cavity[sl], _VFAT, where=(_LIVER_T, _VESSEL, _SPLEEN_T, _BOWEL, _GAS, _STOMACH))
+        _paint(tissue, organ, sl, peri & frame.cavity[sl], _VFAT,
+               where=(_LIVER_T, _VESSEL, _SPLEEN_T, _BOWEL, _GAS, _STOMACH))
         _paint(tissue, organ, sl, kidney, _CORTEX, label)
         _paint(tissue, organ, sl, kidney & (r < 0.72), _MEDULLA, label)
         _paint(tissue, organ, sl, kidney & sinus, _VFAT, label)  # sinus fat belongs to the kidney label

@@ -297,7 +297,8 @@ class DSPNet(FewShotSegmenter):
         else:  # MAP-attention with p0 = MAP(F^_s)
             p0 = st["map"]
             if kernel is not None:  # MAP(F_s W^T) = F_s W^T m / sum(m)
-                p0 = p0 + torch.matmul(flat, kernel.attend(masks=m[..., None])[1])[..., 0] / (st["mask_sum"] + P.MAP_EPS)
+                attended = kernel.attend(masks=m[..., None])[1]
+                p0 = p0 + torch.matmul(flat, attended)[..., 0] / (st["mask_sum"] + P.MAP_EPS)
             protos, logits = p0[:, None], torch.matmul(flat.transpose(1, 2), p0[..., None])  # [B, 1, C], [B, n, 1]
         if kernel is not None:  # P^T F^_s = P^T F_s + W (F_s^T P)
             logits = logits + kernel.attend(values=logits)[0]

@@ -128,7 +128,7 @@ class ResemblanceKernel:
         self.kernel, self.rsum, self.csum = _KernelFn.apply(s, q, self.store)
         self.transposed = False
 
-    def t(self) -> "ResemblanceKernel":
+    def t(self) -> ResemblanceKernel:
         other = object.__new__(ResemblanceKernel)
         other.__dict__.update(self.__dict__)
         other.transposed = not self.transposed
@@ -326,7 +326,8 @@ def fspa_code(logits: torch.Tensor, mask: torch.Tensor, protos: torch.Tensor, te
     return torch.matmul(weights[:, None], protos)[:, 0] / (mask.sum(-1, keepdim=True) + MAP_EPS)
 
 
-def fspa_paper(feats: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+def fspa_paper(feats: torch.Tensor, mask: torch.Tensor, centres: torch.Tensor,
+               temperature: float = 1.0) -> torch.Tensor:
     """FSPA fusion as published (Fig. 4): ``MAP(P_c softmax_clusters(cos(F, P_c)))``.
 
     ``feats [B, C, n]``: the (RAN-refined) support feature at the foreground positions,

@@ -35,7 +35,6 @@ METHODS = {
     "iplsl": "fsmis.models.iplsl:IPLSL",
 }
 
-EXTRA_ENV = envvars.FSMIS_EXTRA_METHODS  # the one place for the name: fsmis.envvars
 # names the workflow gives other meanings (baselines), and the shape of a path wildcard
 RESERVED = frozenset({"untrained", "mask_transfer"})
 _NAME = re.compile(r"[A-Za-z0-9_]+")
@@ -64,15 +63,15 @@ def register(name: str, target: str) -> None:
 
 def _from_environment() -> dict[str, str]:
     out = {}
-    for entry in re.split(r"[,\s]+", os.environ.get(EXTRA_ENV, "").strip()):
+    for entry in re.split(r"[,\s]+", os.environ.get(envvars.FSMIS_EXTRA_METHODS, "").strip()):
         if not entry:
             continue
         name, sep, target = entry.partition("=")
         if not sep:
-            raise ValueError(f"{EXTRA_ENV}: expected name=module:Class, got {entry!r}")
-        name, target = _checked(name.strip(), target.strip(), EXTRA_ENV)
+            raise ValueError(f"{envvars.FSMIS_EXTRA_METHODS}: expected name=module:Class, got {entry!r}")
+        name, target = _checked(name.strip(), target.strip(), envvars.FSMIS_EXTRA_METHODS)
         if out.get(name, target) != target:
-            raise ValueError(f"{EXTRA_ENV}: method {name!r} is given twice")
+            raise ValueError(f"{envvars.FSMIS_EXTRA_METHODS}: method {name!r} is given twice")
         out[name] = target
     return out
 

@@ -230,7 +230,7 @@ def load_pretrained(trunk: ResNetTrunk, path: str | os.PathLike, strict: bool = 
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt archive, pickled objects refused, ...
         raise InputError(path, f"cannot read as a torch state dict ({type(err).__name__}: "
-                               f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})")
+                               f"{str(err).strip().splitlines()[0] if str(err).strip() else ''})") from None
     raw = _unwrap(obj, path)
 
     state: dict[str, torch.Tensor] = {}

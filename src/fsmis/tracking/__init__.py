@@ -24,11 +24,12 @@ no-op that writes nothing and does not import MLflow; importing this package nev
 imports MLflow either (it costs seconds of CPU).
 """
 
+from fsmis.config import config_hash
 from fsmis.tracking.query import metric_history, search
 from fsmis.tracking.runs import RunLogger, end_parent, job_run, start_parent
 from fsmis.tracking.spool import flush_spool
 from fsmis.tracking.store import DEFAULT_URI, artifact_location, enabled, init_store, sqlite_path, tracking_uri
-from fsmis.tracking.values import MAX_PARAM_VALUE, MAX_TAG_VALUE, config_hash, flatten
+from fsmis.tracking.values import MAX_PARAM_VALUE, MAX_TAG_VALUE, flatten
 
 __all__ = [
     "DEFAULT_URI",

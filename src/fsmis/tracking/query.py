@@ -9,7 +9,7 @@ from fsmis.tracking import store
 _BASE_COLUMNS = ["run_id", "run_name", "experiment_id", "status", "start_time", "end_time", "parent_run_id"]
 
 
-def _frame_from_runs(runs) -> "pandas.DataFrame":  # noqa: F821
+def _frame_from_runs(runs) -> pandas.DataFrame:  # noqa: F821
     import pandas as pd
 
     rows = []
@@ -33,7 +33,7 @@ def _frame_from_runs(runs) -> "pandas.DataFrame":  # noqa: F821
     return frame[_BASE_COLUMNS + extra]
 
 
-def search(experiment: str, filter_string: str = "", uri: str | None = None) -> "pandas.DataFrame":  # noqa: F821
+def search(experiment: str, filter_string: str = "", uri: str | None = None) -> pandas.DataFrame:  # noqa: F821
     """Active runs of ``experiment`` matching ``filter_string`` (MLflow search syntax), oldest first.
 
     Columns: run_id, run_name, experiment_id, status, start_time, end_time, parent_run_id,
@@ -67,7 +67,7 @@ def search(experiment: str, filter_string: str = "", uri: str | None = None) -> 
     return _frame_from_runs(runs)
 
 
-def metric_history(run_id: str, key: str, uri: str | None = None) -> "pandas.DataFrame":  # noqa: F821
+def metric_history(run_id: str, key: str, uri: str | None = None) -> pandas.DataFrame:  # noqa: F821
     """All logged values of one metric of a run: columns step, value, timestamp (sorted by step)."""
     import pandas as pd
 

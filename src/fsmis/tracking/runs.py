@@ -22,8 +22,9 @@ from pathlib import Path
 from typing import Any
 
 from fsmis import envvars
+from fsmis.config import config_hash
 from fsmis.tracking import store
-from fsmis.tracking.values import MAX_TAG_VALUE, as_text, config_hash, flatten, git_commit, tag_values, truncate
+from fsmis.tracking.values import MAX_TAG_VALUE, as_text, flatten, git_commit, tag_values, truncate
 
 log = logging.getLogger(__name__)
 

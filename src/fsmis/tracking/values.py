@@ -4,7 +4,6 @@ the config hash and the git commit of the code that ran."""
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import os
 import re
@@ -16,12 +15,6 @@ from typing import Any
 MAX_PARAM_VALUE = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 MAX_TAG_VALUE = 8000  # mlflow.utils.validation.MAX_TAG_VAL_LENGTH
 _BAD_KEY_CHARS = re.compile(r"[^\w./\- :]")  # MLflow accepts word characters and . / - space :
-
-
-def config_hash(config: Mapping[str, Any]) -> str:
-    """First 12 hex digits of the sha256 of the canonical JSON of ``config``."""
-    text = json.dumps(config, sort_keys=True, separators=(",", ":"), default=str, ensure_ascii=True)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 def as_text(value: Any) -> str:
@@ -61,7 +54,8 @@ def tag_values(tags: Mapping[str, Any]) -> dict[str, str]:
 def _git_commit_in(folder: str) -> str | None:
     try:
         out = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, timeout=10, check=True
+            ["git", "rev-parse", "HEAD"], cwd=folder, capture_output=True, text=True, encoding="utf-8", timeout=10,
+            check=True,
         )
     except (OSError, subprocess.SubprocessError):
         return None

@@ -11,6 +11,7 @@ names differ between copies).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import re
 from pathlib import Path
@@ -89,6 +90,13 @@ def pairs(layout: Layout, facts: Facts, dataset_cfg: dict, raw_dir, work_dir, ca
         # cases.tsv names the raw files, not the work copy that is deleted afterwards
         out.append((case, str(image), str(used), str(image), str(label)))
     return out
+
+
+def adapter_functions(layout: Layout, facts: Facts):
+    """``(case_ids, check_source, pairs)`` of a hand-placed dataset with this layout, in
+    the adapter interface's signatures: a dataset module binds them in one line."""
+    return (functools.partial(case_ids, layout), functools.partial(check_source, layout, facts),
+            functools.partial(pairs, layout, facts))
 
 
 def zero_values(label_path, values, out_path) -> Path:

@@ -41,13 +41,5 @@ LAYOUT = manual.Layout(
 )
 
 
-def case_ids(dataset_cfg: dict) -> list[str]:
-    return manual.case_ids(LAYOUT, dataset_cfg)
-
-
-def check_source(dataset_cfg: dict, root) -> None:
-    manual.check_source(LAYOUT, FACTS, dataset_cfg, root)
-
-
-def pairs(dataset_cfg: dict, raw_dir, work_dir, cases) -> list[tuple[str, ...]]:
-    return manual.pairs(LAYOUT, FACTS, dataset_cfg, raw_dir, work_dir, cases)
+# the adapter interface (fsmis.data.adapters), bound to this layout
+case_ids, check_source, pairs = manual.adapter_functions(LAYOUT, FACTS)

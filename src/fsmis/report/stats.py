@@ -1,5 +1,8 @@
 """Spread over folds and over cases, and a paired test against a reference method.
 
+What follows the papers: the spread over folds, the number the papers report. What is
+ours: the spread over cases and the paired test, which the papers do not give.
+
 Two units of spread, because they answer different questions:
 
 * over folds: a fold's Dice of a class is the mean over that fold's test scans (what
@@ -26,34 +29,35 @@ under each table:
 * the ``mean`` column tests per-scan means: per (fold, case) the average of d over the
   classes paired there, so the unit stays the scan (organs of one scan are not
   independent observations).
+
+The per-case rows come from ``results.read_cases``.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import os
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
-from fsmis import paths
-from fsmis.contracts import Metrics
-from fsmis.errors import InputError
-
-log = logging.getLogger(__name__)
+from fsmis.report.results import CASE_COLUMNS, MEAN
+from fsmis.report.tables import cell, missing, pipe_table, signed, write_csv, write_text
 
 MIN_PAIRS = 6
 DECIMALS = 12
-MEAN = "mean"
-CASE_COLUMNS = ["method", "setting", "protocol", "fold", "case", "class", "dice", "flag"]
 KEYS = ["fold", "case", "class"]
 
 
 # --------------------------------------------------------------------------- the test
+
+
+def p_text(p: float) -> str:
+    """A p-value as the tables show it: ``"0.012"`` or ``"<0.001"``."""
+    return "<0.001" if p < 0.001 else f"{p:.3f}"
 
 
 @dataclass(frozen=True)
@@ -74,17 +78,16 @@ class PairedTest:
 
     def label(self) -> str:
         """``"0.012"``, ``"<0.001"``, or ``"n/a"`` when no test was run."""
-        if not self.tested:
-            return "n/a"
-        return "<0.001" if self.p_value < 0.001 else f"{self.p_value:.3f}"
+        return p_text(self.p_value) if self.tested else "n/a"
 
 
 def not_tested(note: str, n_pairs: int = 0, n_nonzero: int = 0, mean_diff: float = math.nan) -> PairedTest:
     return PairedTest(n_pairs, n_nonzero, math.nan, math.nan, mean_diff, note)
 
 
-def wilcoxon_paired(x: Sequence[float], y: Sequence[float], min_pairs: int = MIN_PAIRS) -> PairedTest:
-    """Two-sided Wilcoxon signed-rank test of ``x - y`` under the module's rule."""
+def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> PairedTest:
+    """Two-sided Wilcoxon signed-rank test of ``x - y`` under the module's rule (a fixed
+    ``MIN_PAIRS``: the table notes state it)."""
     from scipy.stats import wilcoxon
 
     x, y = np.asarray(x, dtype=float), np.asarray(y, dtype=float)
@@ -93,9 +96,9 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float], min_pairs: int = MIN
     d = np.round((x - y)[np.isfinite(x) & np.isfinite(y)], DECIMALS)
     mean_diff = float(d.mean()) if d.size else math.nan
     nonzero = d[d != 0]
-    if nonzero.size < min_pairs:
+    if nonzero.size < MIN_PAIRS:
         why = "all differences are zero" if d.size and not nonzero.size else (
-            f"{nonzero.size} non-zero difference(s), {min_pairs} needed")
+            f"{nonzero.size} non-zero difference(s), {MIN_PAIRS} needed")
         return not_tested(why, d.size, nonzero.size, mean_diff)
     try:
         res = wilcoxon(nonzero, zero_method="wilcox", alternative="two-sided", method="auto")
@@ -107,50 +110,7 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float], min_pairs: int = MIN
     return PairedTest(int(d.size), int(nonzero.size), stat, p, mean_diff)
 
 
-# --------------------------------------------------------------------------- per-case data
-
-
-def read_cases(metrics_paths: Iterable[str | os.PathLike],
-               per_case_paths: Iterable[str | os.PathLike] | None = None) -> pd.DataFrame:
-    """Per-case Dice of every fold: the ``per_case.tsv`` of each ``metrics.json``,
-    ``per_case_paths`` in the same order (what the report rule declares), by default
-    the one beside it (``fsmis.paths``).
-
-    Method, setting and fold come from the ``metrics.json``; a missing ``protocol``
-    column means ``oracle`` (the only protocol of older evaluations). A fold without
-    ``per_case.tsv`` is skipped with a warning (its case-level statistics are missing,
-    the fold-level ones are not). Columns: :data:`CASE_COLUMNS` (Dice as fractions).
-    """
-    metrics_paths = [Path(p) for p in metrics_paths]
-    if per_case_paths is None:
-        per_case_paths = [paths.beside(p, "per_case") for p in metrics_paths]
-    per_case_paths = [Path(p) for p in per_case_paths]
-    if len(per_case_paths) != len(metrics_paths):
-        raise ValueError(f"{len(metrics_paths)} metrics.json files but {len(per_case_paths)} per_case.tsv paths")
-    frames = []
-    for path, table_path in zip(metrics_paths, per_case_paths):
-        meta = Metrics.read(path)
-        if not table_path.is_file():
-            log.warning("%s: no per_case.tsv beside it; its cases are left out of the case statistics", path)
-            continue
-        try:
-            table = pd.read_csv(table_path, sep="\t")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-            raise InputError(table_path, f"not a readable TSV: {err}") from None
-        missing = [c for c in ("case", "class", "dice") if c not in table.columns]
-        if missing:
-            raise InputError(table_path, f"missing column(s) {', '.join(missing)} (see docs/contracts.md)")
-        table = table.assign(
-            method=meta.method, setting=meta.setting, fold=meta.fold,
-            protocol=table["protocol"].astype(str) if "protocol" in table.columns else "oracle",
-            flag=table["flag"] if "flag" in table.columns else "",
-            dice=pd.to_numeric(table["dice"], errors="coerce"),
-        )
-        table["case"], table["class"] = table["case"].astype(str), table["class"].astype(str)
-        frames.append(table[CASE_COLUMNS])
-    if not frames:
-        return pd.DataFrame(columns=CASE_COLUMNS)
-    return pd.concat(frames, ignore_index=True)
+# --------------------------------------------------------------------------- summaries
 
 
 def case_means(cases: pd.DataFrame) -> pd.DataFrame:
@@ -159,9 +119,6 @@ def case_means(cases: pd.DataFrame) -> pd.DataFrame:
     keys = ["method", "setting", "protocol", "fold", "case"]
     means = cases.groupby(keys, sort=False)["dice"].mean().reset_index()  # mean skips NaN
     return means.assign(**{"class": MEAN, "flag": ""})[CASE_COLUMNS]
-
-
-# --------------------------------------------------------------------------- summaries
 
 
 def fold_summary(per_fold: pd.DataFrame) -> pd.DataFrame:
@@ -188,7 +145,7 @@ def case_summary(cases: pd.DataFrame) -> pd.DataFrame:
 
 
 def paired_tests(
-    cases: pd.DataFrame, reference: str, class_order: Sequence[str], min_pairs: int = MIN_PAIRS
+    cases: pd.DataFrame, reference: str, class_order: Sequence[str]
 ) -> dict[tuple[str, str], PairedTest]:
     """``{(method, class): PairedTest}`` of every method against ``reference`` for each
     class of ``class_order`` and ``mean``, within one setting and protocol."""
@@ -211,9 +168,9 @@ def paired_tests(
         pairs = pd.concat({"x": ours, "y": ref}, axis=1, join="inner").dropna()
         for name in class_order:
             part = pairs.xs(name, level="class") if name in pairs.index.get_level_values("class") else pairs.iloc[:0]
-            out[(method, name)] = wilcoxon_paired(part["x"], part["y"], min_pairs)
+            out[(method, name)] = wilcoxon_paired(part["x"], part["y"])
         per_scan = pairs.groupby(level=["fold", "case"]).mean()  # mean of d = difference of means
-        out[(method, MEAN)] = wilcoxon_paired(per_scan["x"], per_scan["y"], min_pairs)
+        out[(method, MEAN)] = wilcoxon_paired(per_scan["x"], per_scan["y"])
     return out
 
 
@@ -223,12 +180,11 @@ def summary_table(
     class_order: Sequence[str],
     method_order: Sequence[str],
     reference: str,
-    min_pairs: int = MIN_PAIRS,
 ) -> pd.DataFrame:
     """Tidy statistics of one setting and protocol, Dice in percent.
 
     ``per_fold``: ``(method, fold) x [classes..., mean]`` fold Dice in percent (as
-    ``fsmis.report.fold_values(...) * 100``); ``cases``: :func:`read_cases` rows of the
+    ``results.fold_values(...) * 100``); ``cases``: ``results.read_cases`` rows of the
     same setting and protocol. One row per method (``method_order``) and class
     (``class_order`` then ``mean``) with fold_mean, fold_std, n_folds, case_mean,
     case_std, n_cases, n_pairs, n_nonzero, mean_diff (percentage points vs the
@@ -242,7 +198,7 @@ def summary_table(
         by_case = case_summary(cases).set_index(["method", "class"])
         by_case[["case_mean", "case_std"]] *= 100.0
         table = table.join(by_case)
-        tests = paired_tests(cases, reference, class_order, min_pairs)
+        tests = paired_tests(cases, reference, class_order)
     else:
         table = table.assign(case_mean=np.nan, case_std=np.nan, n_cases=0)
         tests = {}
@@ -274,43 +230,32 @@ def tests_of(summary: pd.DataFrame) -> Mapping[tuple[str, str], PairedTest]:
 
 
 def _spread(mean, std, n) -> str:
-    if n == 0 or (isinstance(mean, float) and math.isnan(mean)):
-        return "–"
-    return (f"{mean:.1f}" if math.isnan(std) else f"{mean:.1f} ± {std:.1f}") + f" (n={n})"
+    return "–" if n == 0 or missing(mean) else f"{cell(mean, std, 1)} (n={n})"
 
 
-def summary_markdown(summary: pd.DataFrame, reference: str, caption: str | None = None) -> str:
+def summary_markdown(summary: pd.DataFrame, reference: str) -> str:
     """Long Markdown view of :func:`summary_table`: one line per method and class."""
-    caption = caption or (
+    caption = (
         "Dice (%): mean ± sample std over folds and over test scans (all folds pooled); "
         f"Δ: mean paired difference to {reference} (percentage points); p: two-sided paired Wilcoxon "
         f"signed-rank test against {reference} (pairs matched by fold, scan and organ; `mean` tests "
         f"per-scan means; zero differences dropped; n/a below {MIN_PAIRS} non-zero differences; unadjusted)."
     )
-    lines = [
-        f"| method | class | over folds | over scans | Δ vs {reference} | p (pairs) |",
-        "| --- | --- | ---: | ---: | ---: | ---: |",
-    ]
+    header = ["method", "class", "over folds", "over scans", f"Δ vs {reference}", "p (pairs)"]
+    rows = []
     for r in summary.to_dict("records"):
-        diff = "–" if math.isnan(r["mean_diff"]) else f"{r['mean_diff']:+.1f}".replace("-", "−")
         if math.isnan(r["p_value"]):
             note = r["p_note"] if isinstance(r["p_note"], str) and r["p_note"] else "not tested"
             p = "ref." if r["method"] == reference else f"n/a ({note})"
         else:
-            p = ("<0.001" if r["p_value"] < 0.001 else f"{r['p_value']:.3f}") + f" ({r['n_nonzero']})"
-        lines.append(f"| {r['method']} | {r['class']} | {_spread(r['fold_mean'], r['fold_std'], r['n_folds'])} | "
-                     f"{_spread(r['case_mean'], r['case_std'], r['n_cases'])} | {diff} | {p} |")
-    return f"{caption}\n\n" + "\n".join(lines) + "\n"
+            p = f"{p_text(r['p_value'])} ({r['n_nonzero']})"
+        rows.append([r["method"], r["class"], _spread(r["fold_mean"], r["fold_std"], r["n_folds"]),
+                     _spread(r["case_mean"], r["case_std"], r["n_cases"]), signed(r["mean_diff"], 1), p])
+    return f"{caption}\n\n" + pipe_table(header, rows, left=2)
 
 
 def write_summary(summary: pd.DataFrame, out_dir: str | os.PathLike, stem: str, reference: str) -> list[str]:
     """``<stem>.csv`` (numbers) and ``<stem>.md`` in ``out_dir``, atomically."""
-    from fsmis.io import atomic_path
-
     out_dir = Path(out_dir)
-    csv_path, md_path = out_dir / f"{stem}.csv", out_dir / f"{stem}.md"
-    with atomic_path(csv_path) as tmp:
-        summary.to_csv(tmp, index=False, float_format="%.6g")
-    with atomic_path(md_path) as tmp:
-        tmp.write_text(summary_markdown(summary, reference), encoding="utf-8")
-    return [str(csv_path), str(md_path)]
+    return [write_csv(summary, out_dir / f"{stem}.csv", index=False, float_format="%.6g"),
+            write_text(out_dir / f"{stem}.md", summary_markdown(summary, reference))]

@@ -1,0 +1,96 @@
+"""The train stage: one model of one method, fold, setting and label group, with the
+metadata its ``model.pt`` carries. One function per workflow rule
+(see :mod:`fsmis.stages`).
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fsmis import io
+from fsmis.contracts import ClassMap, ModelMeta, Splits
+from fsmis.stages.jobs import case_file, groups_of, job, read_array, set_threads
+
+log = logging.getLogger(__name__)
+
+
+def _train_meta(method: str, setting: str, fold: int, group: str, config: dict) -> dict:
+    """What ``model.pt`` records of how it was trained; its ``config_hash`` covers only
+    the config sections that change the trained weights."""
+    from fsmis.models import registry
+    from fsmis.tracking import config_hash
+
+    arch, params = registry.resolve(method, config, setting)
+    relevant = {k: config.get(k) for k in ("seed", "model", "train", "preprocess", "superpixels", "dataset")}
+    relevant["method_params"] = params
+    return {"method": method, "architecture": arch, "setting": setting, "fold": fold, "group": group,
+            "model": config["model"], "method_params": relevant["method_params"],
+            "config_hash": config_hash({"method": method, "setting": setting, "fold": fold, "group": group,
+                                        **relevant})}
+
+
+def train(method: str, setting: str, fold: int, config: dict, splits_json: str, classmap_json: str,
+          images: dict[str, str], superpixels: dict[str, str], model_out: str, log_out: str, threads: int,
+          tracking: dict, group: str = "all") -> None:
+    """Train one model: ``method`` for ``fold`` under ``setting``, tested later on the
+    classes of ``group`` (``fsmis.settings``: "all" unless setting 2). ``images`` and
+    ``superpixels``: ``{case: path}`` of the preprocessed scans and their superpixels
+    (at least the fold's training cases)."""
+    import pandas as pd
+    import torch
+
+    from fsmis import settings
+    from fsmis import train as training_loop
+    from fsmis.data import adapters, normalize
+    from fsmis.data.episodes import SuperpixelEpisodes
+    from fsmis.models import registry
+    from fsmis.precision import amp_dtype, pick_device
+
+    set_threads(threads)
+    groups = groups_of(config, setting)
+    if group not in groups:
+        raise ValueError(f"setting {setting}: no label group {group!r}; groups: {', '.join(groups)}")
+    facts = adapters.facts(config["dataset"])
+    train_cases = list(Splits.read(splits_json).fold(int(fold)).train)
+    modality_of = adapters.case_modalities(config["dataset"], train_cases)
+    base = _train_meta(method, setting, int(fold), group, config)
+    seed = int(config["seed"]) + 1000 * int(fold)
+    excluded = settings.excluded_slices(setting, groups[group], ClassMap.read(classmap_json).slices, train_cases)
+    params = {"method": method, "setting": setting, "fold": fold, "group": group, "test_classes": groups[group],
+              "seed": seed, "model": config["model"], "method_params": base["method_params"],
+              "train": config["train"], "train_cases": train_cases}
+    with job("train", tracking, params) as run:
+        volumes = [read_array(case_file(images, c, "image")) for c in train_cases]
+        modalities = [modality_of[c] for c in train_cases]
+        # CT: one global z-score from the fold's CT training scans (the reference's);
+        # MR scans are normalised each by itself
+        ct = [v for v, m in zip(volumes, modalities) if m == "CT"]
+        stats = normalize.ct_statistics(ct) if ct else None
+        # checked against the model.pt contract before hours of training, not after
+        meta = ModelMeta.from_json({**base, "test_classes": groups[group], "norm": stats,
+                                    "modality": facts["modality"]}, model_out)
+        torch.manual_seed(seed)
+        model = registry.build(meta.architecture, config["model"], meta.method_params)
+        if method == "untrained":
+            io.write_tsv(pd.DataFrame(columns=training_loop.LOG_COLUMNS), log_out)
+            meta.write(model_out, model.state_dict(), step=0)
+            run.log_metrics({"steps": 0})
+            log.info("untrained baseline: saved the initial weights of %s", meta.architecture)
+            return
+        normed = [normalize.normalize(v, m, stats) for v, m in zip(volumes, modalities)]
+        sps = [read_array(case_file(superpixels, c, "superpixels")) for c in train_cases]
+        dropped = {(vi, z) for vi, case in enumerate(train_cases) for z in excluded[case]}
+        episodes = SuperpixelEpisodes(normed, sps, config["train"]["augment"], seed=seed, excluded=dropped,
+                                      sampling=config["train"].get("superpixel_sampling", "uniform"))
+        run.log_metrics({"train_slices": len(episodes), "excluded_slices": len(dropped)})
+        device = pick_device()
+        train_cfg = dict(config["train"])
+        if config["model"].get("channels_last"):
+            train_cfg["channels_last"] = True
+        log.info("training %s fold %s (setting %s, group %s) on %d slices of %d scans (%d excluded), "
+                 "device %s, %d threads, amp %s", method, fold, setting, group, len(episodes), len(volumes),
+                 len(dropped), device, threads, amp_dtype(train_cfg.get("amp", False), device) or "off")
+        summary = training_loop.train(model, episodes, train_cfg, model_out, log_out, meta.to_json(), device=device,
+                                      tracker=run)
+        run.log_metrics({"train_seconds": summary["seconds"], "final_loss": summary["final_loss"]})
+        run.log_artifact(log_out)
