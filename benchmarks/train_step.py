@@ -1,6 +1,6 @@
 """Time one training step of each method side by side, in one process.
 
-A step is what ``fsmis.train`` does per episode: forward (support + query through the
+A step is ``fsmis.train.training_step`` itself: forward (support + query through the
 backbone, method scores, alignment loss), weighted query cross-entropy + alignment
 loss plus any other loss the method returns (IPLSL's self-learning loss, given the query
 label), backward, SGD step (lr 1e-3, momentum 0.9, weight decay 5e-4). Every method
@@ -24,9 +24,10 @@ import sys
 import time
 
 import torch
+from speed import TRAIN_CFG  # one definition of the paper's step settings in benchmarks/
 
+from fsmis import train as training_loop
 from fsmis.models import registry
-from fsmis.models.prototypes import segmentation_loss
 
 DEFAULT_METHODS = ["ssl_alpnet", "panet", "dspnet:code", "dspnet:paper", "iplsl"]
 
@@ -94,23 +95,16 @@ def build(spec: str, args):
     dim = args.feature_dim or (64 if args.backbone == "small_cnn" else 256)
     torch.manual_seed(args.seed)
     model = registry.build(name, {"backbone": args.backbone, "feature_dim": dim}, params).to(args.device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, weight_decay=5e-4)
+    opt, _ = training_loop.make_optimizer(model, TRAIN_CFG)  # the paper's SGD, as fsmis.train builds it
     return model, opt
 
 
 def step(model, opt, ep) -> float:
+    """One ``fsmis.train.training_step`` (the library's own step), timed."""
     if ep["sup_img"].is_cuda:
         torch.cuda.synchronize()
     t0 = time.perf_counter()
-    if getattr(model, "takes_query_label", False):  # IPLSL: its self-learned prediction's loss needs the label
-        logits, aux = model(ep["sup_img"], ep["sup_fg"], ep["qry_img"], qry_label=ep["qry_label"])
-    else:
-        logits, aux = model(ep["sup_img"], ep["sup_fg"], ep["qry_img"])
-    # align weight 1; every other loss comes weighted by the method
-    loss = segmentation_loss(logits, ep["qry_label"], 0.05, 1.0) + sum(aux.values())
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    training_loop.training_step(model, ep, TRAIN_CFG, opt, with_label=model.takes_query_label)
     if ep["sup_img"].is_cuda:
         torch.cuda.synchronize()
     return time.perf_counter() - t0

@@ -18,16 +18,16 @@ from fsmis.models import registry
 from fsmis.models.dspnet import DSPNet, DSPNetParams
 from fsmis.models.dsr_blocks import (
     ChannelAttention,
-    ResemblanceKernel,
     banded,
     cluster_centres,
     cluster_count,
     fspa_code,
     fspa_paper,
     place_seeds,
-    resemblance_attention,
 )
-from fsmis.models.ssl_alpnet import EmptyPrototypeSet, SSLALPNet
+from fsmis.models.fewshot import EmptyPrototypeSet
+from fsmis.models.resemblance import ResemblanceKernel, resemblance_attention
+from fsmis.models.ssl_alpnet import SSLALPNet
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
@@ -110,7 +110,7 @@ def test_ran_kernel_outputs_and_gradients_match_dense_softmax(sup_batch, qry_bat
     the kernel's backward (ROW_BLOCK) and a partial last block. ``dense()`` (for
     inspection) takes its row sums as constants for autograd; with it the kernel's
     backward also receives a dense gradient."""
-    from fsmis.models.dsr_blocks import ROW_BLOCK
+    from fsmis.models.resemblance import ROW_BLOCK
 
     torch.manual_seed(2)
     c, n, m = 5, ROW_BLOCK + 44, 70

@@ -4,21 +4,22 @@ import numpy as np
 import pytest
 
 from fsmis import evaluate as E
+from fsmis import protocols
 
 
 def test_support_slices_at_chunk_centres():
     lab = np.zeros((20, 2, 2), np.uint8)
     lab[4:16] = 3  # 12 slices: zlist = 4..15
     # int(1/6*12)=2 -> 6, int(1/2*12)=6 -> 10, int(5/6*12)=10 -> 14
-    assert E.support_slices(lab, 3, 3) == [6, 10, 14]
+    assert protocols.support_slices(lab, 3, 3) == [6, 10, 14]
     with pytest.raises(ValueError, match="absent"):
-        E.support_slices(lab, 1, 3)
+        protocols.support_slices(lab, 1, 3)
 
 
 def test_chunk_assignment_reference_formula():
     # extent 10..19: width 9/3 = 3 per chunk; z=13 -> floor(3/3) = 1; z=19 -> 3 -> clipped to 2
-    assert [E.chunk_of(z, 10, 19, 3) for z in (10, 12, 13, 15, 16, 19)] == [0, 0, 1, 1, 2, 2]
-    assert E.chunk_of(5, 5, 5, 3) == 0
+    assert [protocols.chunk_of(z, 10, 19, 3) for z in (10, 12, 13, 15, 16, 19)] == [0, 0, 1, 1, 2, 2]
+    assert protocols.chunk_of(5, 5, 5, 3) == 0
 
 
 def _scan(case, label):
@@ -79,9 +80,9 @@ def test_full_protocol_chunks_by_relative_position():
     sup[6:9, 4:6, 4:6] = 1
     qry = np.zeros((9, 6, 6), np.uint8)
     qry[4, 2:4, 2:4] = 1  # the organ on one slice only
-    plan = E.query_plan("full", qry, 1, 3)
+    plan = protocols.query_plan("full", qry, 1, 3)
     assert plan == {0: [0, 1, 2], 1: [3, 4, 5], 2: [6, 7, 8]}
-    assert E.query_plan("oracle", qry, 1, 3) == {0: [4]}
+    assert protocols.query_plan("oracle", qry, 1, 3) == {0: [4]}
     _, preds = E.evaluate_scans(E.MaskTransferPredictor(), _scan("s", sup), [_scan("q", qry)], {"liver": 1},
                                 protocols=("full",), n_parts=3)
     # support slices 1, 4, 7 (1/6, 1/2, 5/6 of 9): each chunk of the query receives its square
@@ -96,7 +97,7 @@ def test_full_protocol_absent_class_with_prediction_scores_zero():
                                protocols=("full",))
     assert rows[0]["flag"] == "empty_reference" and rows[0]["dice"] == 0.0
     with pytest.raises(ValueError, match="unknown protocol"):
-        E.query_plan("strict", qry, 1, 3)
+        protocols.query_plan("strict", qry, 1, 3)
 
 
 # -- a support scan that lacks a test class -------------------------------------------

@@ -6,8 +6,9 @@ from torch import nn
 
 from fsmis.models import prototypes as P
 from fsmis.models import registry
+from fsmis.models.fewshot import EmptyPrototypeSet
 from fsmis.models.panet import PANet
-from fsmis.models.ssl_alpnet import EmptyPrototypeSet, SSLALPNet
+from fsmis.models.ssl_alpnet import SSLALPNet
 
 
 class Identity(nn.Module):

@@ -13,6 +13,7 @@ import torch
 
 from fsmis import evaluate as E
 from fsmis import precision as P
+from fsmis import protocols
 from fsmis import train as T
 from fsmis.models.prototypes import resize_mask, segmentation_loss
 
@@ -91,11 +92,11 @@ def test_evaluation_amp_off_is_float32_and_amp_on_runs():
     _, liver = E.evaluate_scans(E.ModelPredictor(model, "cpu"), support, [query], {"liver": 1})
     model.eval()
     with torch.no_grad():
-        z_sup = E.support_slices(support.label, 1, 3)[1]
+        z_sup = protocols.support_slices(support.label, 1, 3)[1]
         feats = model.encode(torch.from_numpy(support.image[z_sup])[None, None].expand(1, 3, 32, 32))
         fg = torch.from_numpy((support.label[z_sup] == 1).astype(np.float32))[None]
         state = model.support_state(feats, resize_mask(fg, feats.shape[-2:]))
-        zq = E.query_plan("oracle", query.label, 1, 3)[1]
+        zq = protocols.query_plan("oracle", query.label, 1, 3)[1]
         q = model.encode(torch.stack([torch.from_numpy(query.image[z]) for z in zq])[:, None].expand(-1, 3, 32, 32))
         by_hand = (model.predict(q, state, (32, 32)).argmax(1) == 1).numpy()
     assert np.array_equal(liver["oracle"]["q"][zq] == 1, by_hand) and by_hand.any()
@@ -112,7 +113,7 @@ def test_each_slice_is_encoded_once_for_all_classes_and_protocols():
     classes = {"liver": 1, "spleen": 2}
     predictor = E.ModelPredictor(model, "cpu")
     E.evaluate_scans(predictor, support, [query], classes, ("oracle", "full"))
-    distinct_support = {z for cid in classes.values() for z in E.support_slices(support.label, cid, 3)}
+    distinct_support = {z for cid in classes.values() for z in protocols.support_slices(support.label, cid, 3)}
     assert predictor.encoded == {"support": len(distinct_support), "query": query.label.shape[0]}
     assert predictor.support_states == 3 * len(classes)  # once per class and support slice
 

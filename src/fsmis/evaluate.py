@@ -47,7 +47,7 @@ from fsmis import metrics as M
 from fsmis.data.episodes import tile3
 from fsmis.models.prototypes import foreground, resize_mask
 from fsmis.precision import amp_dtype, autocast_encoder
-from fsmis.protocols import PROTOCOLS, chunk_of, extent, query_plan, support_slices  # noqa: F401 (re-exported)
+from fsmis.protocols import PROTOCOLS, extent, query_plan, support_slices
 
 log = logging.getLogger(__name__)
 

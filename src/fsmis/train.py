@@ -23,8 +23,8 @@ import torch
 
 from fsmis import checkpoint as ckpt
 from fsmis import paths
+from fsmis.models.fewshot import EmptyPrototypeSet
 from fsmis.models.prototypes import segmentation_loss
-from fsmis.models.ssl_alpnet import EmptyPrototypeSet
 from fsmis.precision import amp_dtype, autocast_encoder, make_grad_scaler, pick_device
 
 log = logging.getLogger(__name__)

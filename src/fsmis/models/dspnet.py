@@ -108,7 +108,6 @@ import torch.nn.functional as F
 from fsmis.models import prototypes as P
 from fsmis.models.dsr_blocks import (
     ChannelAttention,
-    ResemblanceKernel,
     cluster_centres,
     cluster_count,
     fspa_code,
@@ -117,6 +116,7 @@ from fsmis.models.dsr_blocks import (
 )
 from fsmis.models.fewshot import EmptyPrototypeSet, FewShotSegmenter
 from fsmis.models.params import EmptyBg, LocalPooling, MethodParams, cosine_scale, empty_bg, group, param
+from fsmis.models.resemblance import ResemblanceKernel
 
 SEED_LEVEL = 0.5  # feature-grid mask value from which a cell counts for seed placement
 INTERIOR_LEVEL = 1.0 - 1e-6  # cells clustered: the reference's "mask == 1"

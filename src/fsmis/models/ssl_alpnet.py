@@ -27,8 +27,6 @@ from fsmis.models import prototypes as P
 from fsmis.models.fewshot import EmptyPrototypeSet, FewShotSegmenter
 from fsmis.models.params import EmptyBg, LocalPooling, MethodParams, cosine_scale, empty_bg, group
 
-__all__ = ["EmptyPrototypeSet", "SSLALPNet", "SSLALPNetParams"]  # EmptyPrototypeSet: its former home
-
 
 @dataclass(frozen=True)
 class SSLALPNetParams(MethodParams):

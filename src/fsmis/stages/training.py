@@ -17,8 +17,8 @@ log = logging.getLogger(__name__)
 def _train_meta(method: str, setting: str, fold: int, group: str, config: dict) -> dict:
     """What ``model.pt`` records of how it was trained; its ``config_hash`` covers only
     the config sections that change the trained weights."""
+    from fsmis.config import config_hash
     from fsmis.models import registry
-    from fsmis.tracking import config_hash
 
     arch, params = registry.resolve(method, config, setting)
     relevant = {k: config.get(k) for k in ("seed", "model", "train", "preprocess", "superpixels", "dataset")}
