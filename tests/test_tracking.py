@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from fsmis import tracking
+from fsmis.config import config_hash
 
 N_WORKERS = 6
 N_STEPS = 50
@@ -74,10 +75,10 @@ def test_flatten_stringifies_and_truncates():
 
 
 def test_config_hash_is_canonical():
-    one = tracking.config_hash({"a": 1, "b": {"c": [1, 2], "d": "x"}})
-    two = tracking.config_hash({"b": {"d": "x", "c": [1, 2]}, "a": 1})
+    one = config_hash({"a": 1, "b": {"c": [1, 2], "d": "x"}})
+    two = config_hash({"b": {"d": "x", "c": [1, 2]}, "a": 1})
     assert one == two and len(one) == 12 and int(one, 16) >= 0
-    assert tracking.config_hash({"a": 2, "b": {"c": [1, 2], "d": "x"}}) != one
+    assert config_hash({"a": 2, "b": {"c": [1, 2], "d": "x"}}) != one
 
 
 def test_uri_resolution(tmp_path, monkeypatch):
@@ -172,7 +173,7 @@ def test_parent_with_two_children_found_by_search(store, tmp_path, monkeypatch, 
     assert set(runs["params.train.lr"]) == {"0.001"}
     assert list(runs["params.extra.fold"]) == ["0", "1"]
     assert list(runs["metrics.loss"]) == pytest.approx([1 / 3, 1 / 4])  # latest step
-    assert set(runs["tags.config_hash"]) == {tracking.config_hash(config)}
+    assert set(runs["tags.config_hash"]) == {config_hash(config)}
     assert json.loads(runs["tags.wildcards"].iloc[1]) == {"method": "panet", "setting": "1", "fold": "1"}
     assert list(runs["tags.fold"]) == ["0", "1"]
     assert set(runs["tags.rule"]) == {"train"} and set(runs["tags.note"]) == {"hello"}

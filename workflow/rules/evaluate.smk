@@ -33,8 +33,12 @@ rule evaluate:
         cpu_jobs=1,
         gpu=evaluate_gpu,
     params:
+        # what evaluation reads, and so all the job is given (the job script builds its
+        # config from these params alone)
         seed=lookup(dpath="seed", within=config),
         evaluate=lookup(dpath="evaluate", within=config),
+        model=lookup(dpath="model", within=config),
+        dataset=lookup(dpath="dataset", within=config),
         # {group: model.pt}; empty for mask_transfer
         models=model_for_evaluation,
         method_params=method_params,

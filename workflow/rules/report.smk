@@ -54,5 +54,13 @@ rule report:
     params:
         # the case of each entry of input.images and input.labels
         cases=lambda wildcards: usable_cases(),
+        # what the report reads, and so all the job is given: changing the reference
+        # method or the table order redraws the report
+        dataset=lookup(dpath="dataset", within=config),
+        evaluate=lookup(dpath="evaluate", within=config),
+        settings=lookup(dpath="settings", within=config),
+        methods=lookup(dpath="methods", within=config),
+        baselines=lookup(dpath="baselines", within=config),
+        report=lookup(dpath="report", within=config),
     script:
         "../scripts/report.py"

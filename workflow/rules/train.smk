@@ -35,12 +35,16 @@ rule train:
         gpu=1,
         mem_mb=train_mem_mb,
     params:
-        # What training depends on; a change reruns the job. Preprocessing and
-        # superpixel settings act through the input files.
+        # What training reads, and so all the job is given (the job script builds its
+        # config from these params alone); a change reruns the job.
         seed=lookup(dpath="seed", within=config),
         model=lookup(dpath="model", within=config),
         train=lookup(dpath="train", within=config),
         method_params=method_params,
+        # read for the dataset's facts and recorded in model.pt's config hash
+        dataset=lookup(dpath="dataset", within=config),
+        preprocess=lookup(dpath="preprocess", within=config),
+        superpixels=lookup(dpath="superpixels", within=config),
         # the case of each entry of input.images and input.superpixels
         cases=lambda wildcards: usable_cases(),
     script:

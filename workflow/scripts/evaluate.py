@@ -1,6 +1,6 @@
 """Job script of rule evaluate: see fsmis.stages.evaluation.evaluate."""
 
-from fsmis_job import by_case, one, start
+from fsmis_job import by_case, declared_config, one, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
@@ -11,7 +11,7 @@ evaluation.evaluate(
     method=snakemake.wildcards.method,
     setting=snakemake.wildcards.setting,
     fold=int(snakemake.wildcards.fold),
-    config=dict(snakemake.config),
+    config=declared_config(snakemake.params, "seed", "evaluate", "model", "dataset"),
     splits_json=one(snakemake.input.splits),
     classmap_json=one(snakemake.input.classmap),
     images=by_case(snakemake.params.cases, snakemake.input.images),

@@ -45,7 +45,7 @@ def start(snakemake) -> dict:
     # without it.
     config_hash = os.environ.get(envvars.FSMIS_CONFIG_HASH)
     if not config_hash:
-        from fsmis.tracking import config_hash as hash_config
+        from fsmis.config import config_hash as hash_config
 
         config_hash = hash_config(snakemake.config)
     return {
@@ -94,3 +94,9 @@ def by_case(cases, paths) -> dict[str, str]:
     """``{case: path}`` of a per-case input: the rule declares ``paths`` from the same
     case list as its ``params.cases``, in the same order."""
     return dict(zip(strs(cases), strs(paths), strict=True))
+
+
+def declared_config(params, *sections) -> dict:
+    """The config sections a rule declares as params, as the job's config: a job given
+    only these cannot depend on a config key whose change Snakemake would not see."""
+    return {section: getattr(params, section) for section in sections}

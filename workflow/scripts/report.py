@@ -1,6 +1,6 @@
 """Job script of rule report: see fsmis.stages.reporting.report."""
 
-from fsmis_job import by_case, one, parent, start, strs
+from fsmis_job import by_case, declared_config, one, parent, start, strs
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
@@ -12,7 +12,7 @@ reporting.report(
     per_case_paths=strs(snakemake.input.per_case),
     prediction_dirs=strs(snakemake.input.predictions),
     train_logs=strs(snakemake.input.train_logs),
-    config=dict(snakemake.config),
+    config=declared_config(snakemake.params, "dataset", "evaluate", "settings", "methods", "baselines", "report"),
     images=by_case(snakemake.params.cases, snakemake.input.images),
     labels=by_case(snakemake.params.cases, snakemake.input.labels),
     splits_json=one(snakemake.input.splits),

@@ -1,6 +1,6 @@
 """Job script of rule train: see fsmis.stages.training.train."""
 
-from fsmis_job import by_case, one, start
+from fsmis_job import by_case, declared_config, one, start
 
 tracking = start(snakemake)  # noqa: F821 (`snakemake` is injected by Snakemake)
 
@@ -11,7 +11,8 @@ training.train(
     setting=snakemake.wildcards.setting,
     fold=int(snakemake.wildcards.fold),
     group=snakemake.wildcards.group,
-    config=dict(snakemake.config),
+    config=declared_config(snakemake.params, "seed", "model", "train", "dataset", "preprocess", "superpixels"),
+    method_params=dict(snakemake.params.method_params),
     splits_json=one(snakemake.input.splits),
     classmap_json=one(snakemake.input.classmap),
     images=by_case(snakemake.params.cases, snakemake.input.images),

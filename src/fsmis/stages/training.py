@@ -14,28 +14,29 @@ from fsmis.stages.jobs import case_file, groups_of, job, read_array, set_threads
 log = logging.getLogger(__name__)
 
 
-def _train_meta(method: str, setting: str, fold: int, group: str, config: dict) -> dict:
+def _train_meta(method: str, setting: str, fold: int, group: str, config: dict, resolved: dict) -> dict:
     """What ``model.pt`` records of how it was trained; its ``config_hash`` covers only
-    the config sections that change the trained weights."""
+    the config sections that change the trained weights. ``resolved``: the method's
+    ``{"architecture", "params"}`` as the rule resolved them (``fsmis.models.resolve``)."""
     from fsmis.config import config_hash
-    from fsmis.models import registry
 
-    arch, params = registry.resolve(method, config, setting)
     relevant = {k: config.get(k) for k in ("seed", "model", "train", "preprocess", "superpixels", "dataset")}
-    relevant["method_params"] = params
-    return {"method": method, "architecture": arch, "setting": setting, "fold": fold, "group": group,
-            "model": config["model"], "method_params": relevant["method_params"],
+    relevant["method_params"] = dict(resolved["params"])
+    return {"method": method, "architecture": resolved["architecture"], "setting": setting, "fold": fold,
+            "group": group, "model": config["model"], "method_params": relevant["method_params"],
             "config_hash": config_hash({"method": method, "setting": setting, "fold": fold, "group": group,
                                         **relevant})}
 
 
-def train(method: str, setting: str, fold: int, config: dict, splits_json: str, classmap_json: str,
-          images: dict[str, str], superpixels: dict[str, str], model_out: str, log_out: str, threads: int,
-          tracking: dict, group: str = "all") -> None:
+def train(method: str, setting: str, fold: int, config: dict, method_params: dict, splits_json: str,
+          classmap_json: str, images: dict[str, str], superpixels: dict[str, str], model_out: str, log_out: str,
+          threads: int, tracking: dict, group: str = "all") -> None:
     """Train one model: ``method`` for ``fold`` under ``setting``, tested later on the
     classes of ``group`` (``fsmis.settings``: "all" unless setting 2). ``images`` and
     ``superpixels``: ``{case: path}`` of the preprocessed scans and their superpixels
-    (at least the fold's training cases)."""
+    (at least the fold's training cases). ``config``: the sections the rule declares
+    (seed, model, train, preprocess, superpixels, dataset); ``method_params``: the
+    method's resolved ``{"architecture", "params"}``."""
     import pandas as pd
     import torch
 
@@ -53,7 +54,7 @@ def train(method: str, setting: str, fold: int, config: dict, splits_json: str, 
     facts = adapters.facts(config["dataset"])
     train_cases = list(Splits.read(splits_json).fold(int(fold)).train)
     modality_of = adapters.case_modalities(config["dataset"], train_cases)
-    base = _train_meta(method, setting, int(fold), group, config)
+    base = _train_meta(method, setting, int(fold), group, config, method_params)
     seed = int(config["seed"]) + 1000 * int(fold)
     excluded = settings.excluded_slices(setting, groups[group], ClassMap.read(classmap_json).slices, train_cases)
     params = {"method": method, "setting": setting, "fold": fold, "group": group, "test_classes": groups[group],

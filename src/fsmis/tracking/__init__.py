@@ -24,7 +24,6 @@ no-op that writes nothing and does not import MLflow; importing this package nev
 imports MLflow either (it costs seconds of CPU).
 """
 
-from fsmis.config import config_hash
 from fsmis.tracking.query import metric_history, search
 from fsmis.tracking.runs import RunLogger, end_parent, job_run, start_parent
 from fsmis.tracking.spool import flush_spool
@@ -37,7 +36,6 @@ __all__ = [
     "MAX_TAG_VALUE",
     "RunLogger",
     "artifact_location",
-    "config_hash",
     "enabled",
     "end_parent",
     "flatten",
