@@ -24,6 +24,27 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_CONFIG = REPO / "config.yaml"
 
 
+def tiny_config(**overrides) -> dict:
+    """A phantom experiment small enough for a test run (4 cases, 3 folds of which fold 0
+    runs, the CPU backbone, a few steps); ``overrides`` replace whole top-level keys.
+    Complete in itself: with ``--directory`` Snakemake does not merge the demo's
+    config.yaml, so the backbone is named here."""
+    config = {
+        "experiment": "tiny",
+        "dataset": {"name": "phantom", "n_cases": 4},
+        "preprocess": {"image_size": 64},
+        "model": {"backbone": "small_cnn", "feature_dim": 16},
+        "n_folds": 3,
+        "folds": [0],
+        "settings": ["1"],
+        "methods": ["ssl_alpnet"],
+        "baselines": [],
+        "train": {"steps": 6, "checkpoint_every": 3, "log_every": 2},
+    }
+    config.update(overrides)
+    return config
+
+
 def run_workflow(workdir, *args, config=DEMO_CONFIG, env: dict | None = None, timeout: int = 600):
     """``config``: a YAML path, or a dict written to ``<workdir>/<experiment>.yaml``;
     ``env``: variables set on top of this process's environment."""

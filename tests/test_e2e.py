@@ -12,24 +12,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import yaml
-from conftest import run_workflow
+from conftest import run_workflow, tiny_config
 
 REPO = Path(__file__).resolve().parents[1]
 
-TINY = {
-    "experiment": "tiny",
-    "dataset": {"name": "phantom", "n_cases": 4},
-    "preprocess": {"image_size": 64},
-    # `--directory` makes Snakemake look for config.yaml in the temp dir, so the demo's
-    # overrides are not merged in: name the CPU backbone here
-    "model": {"backbone": "small_cnn", "feature_dim": 16},
-    "n_folds": 3,
-    "folds": [0],
-    "settings": ["1", "2"],
-    "methods": ["ssl_alpnet"],
-    "baselines": ["untrained", "mask_transfer"],
-    "train": {"steps": 6, "checkpoint_every": 3, "log_every": 2},
-}
+TINY = tiny_config(settings=["1", "2"], baselines=["untrained", "mask_transfer"])
 
 pytestmark = pytest.mark.slow
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import run_workflow
+from conftest import run_workflow, tiny_config
 
 from fsmis import envvars
 from fsmis.models import registry
@@ -234,19 +234,10 @@ def test_bad_registry_lines_are_refused(monkeypatch, line, words):
 def test_a_method_from_outside_runs_through_the_workflow(tmp_path):
     (tmp_path / "plugin").mkdir()
     (tmp_path / "plugin" / "toy_method.py").write_text(TOY_MODULE)
-    config = {
-        "experiment": "plugin",
-        "dataset": {"name": "phantom", "n_cases": 4},
-        "preprocess": {"image_size": 32},
-        "model": {"backbone": "small_cnn", "feature_dim": 8},
-        "n_folds": 3,
-        "folds": [0],
-        "settings": ["1"],
-        "methods": ["toy"],
-        "baselines": [],
-        "method_params": {"toy": {"scale": 10.0}},
-        "train": {"steps": 3, "checkpoint_every": 3, "log_every": 1},
-    }
+    config = tiny_config(experiment="plugin", preprocess={"image_size": 32},
+                         model={"backbone": "small_cnn", "feature_dim": 8}, methods=["toy"],
+                         method_params={"toy": {"scale": 10.0}},
+                         train={"steps": 3, "checkpoint_every": 3, "log_every": 1})
     pythonpath = os.pathsep.join(p for p in (str(tmp_path / "plugin"), os.environ.get("PYTHONPATH")) if p)
     run = run_workflow(tmp_path, "--cores", "2", "--until", "evaluate",  # no report: the metrics are the point
                        config=config, timeout=900,

@@ -180,16 +180,13 @@ def evaluate_scans(predictor, support: Scan | dict, queries: list[Scan], classes
             merged = np.zeros(q.label.shape, dtype=np.uint8)
             for name, cid in classes.items():
                 base = {"protocol": protocol, "case": q.case, "class": name, "support": supports[name].case}
-                if name not in live:
-                    rows.append({**base, "flag": SUPPORT_MISSING, "dice": float("nan"), "iou": float("nan"),
-                                 "slices_scored": 0})
+                # nothing to segment: no support for the class, or (oracle) no class in this scan
+                plan = plans[protocol, name] if name in live else None
+                if plan is None:
+                    rows.append({**base, "flag": "empty_reference" if name in live else SUPPORT_MISSING,
+                                 "dice": float("nan"), "iou": float("nan"), "slices_scored": 0})
                     continue
                 ref = q.label == cid
-                plan = plans[protocol, name]
-                if plan is None:  # oracle, class absent from this scan: nothing to segment
-                    rows.append({**base, "flag": "empty_reference", "dice": float("nan"), "iou": float("nan"),
-                                 "slices_scored": 0})
-                    continue
                 pred = np.zeros_like(ref)
                 for part, zs in plan.items():
                     pred[zs] = predictor.predict(qfeats, zs, states[name][part], ref.shape[1:])

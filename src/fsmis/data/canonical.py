@@ -17,6 +17,7 @@ axes are chosen). ``cases.tsv`` records the source orientation code;
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
 
@@ -25,7 +26,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from fsmis.errors import InputError
-from fsmis.io import read_image, write_image
+from fsmis.io import atomic_path, read_image
 from fsmis.labels import class_id, class_name
 
 GEOMETRY_TOL = 1e-4
@@ -89,14 +90,23 @@ def build(pairs, out_dir: str | os.PathLike, label_map: dict, modality, claims: 
     lut = _lookup(label_map)
     check_case_ids([p[0] for p in pairs])
     by_case = modality if isinstance(modality, dict) else {p[0]: modality for p in pairs}
-    # pass 1 reads everything and keeps only the table rows: memory stays one case
-    rows = [_validate(p, lut, by_case[p[0]], (claims or {}).get(p[0])) for p in pairs]
-    out = Path(out_dir)
-    for case, image_path, label_path, *_ in pairs:
-        image = read_image(image_path)
-        label = read_image(label_path)
-        write_image(reorient(image), out / f"{case}_image.nii.gz")
-        write_image(reorient(_to_canonical(label, lut)), out / f"{case}_label.nii.gz")
+    out, rows = Path(out_dir), []
+    # Each case is read once, checked and written to temporary files that are renamed
+    # into place only when every case has passed: one bad case leaves no output, and
+    # memory holds one case at a time.
+    created = not out.exists()
+    try:
+        with contextlib.ExitStack() as pending:
+            for pair in pairs:
+                row, image, label = _convert(pair, lut, by_case[pair[0]], (claims or {}).get(pair[0]))
+                rows.append(row)
+                for volume, kind in ((image, "image"), (label, "label")):
+                    tmp = pending.enter_context(atomic_path(out / f"{row['case']}_{kind}.nii.gz"))
+                    sitk.WriteImage(volume, str(tmp), useCompression=True)
+    except BaseException:
+        if created and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()  # the folder this call made for the temporary files
+        raise
     return pd.DataFrame(rows, columns=COLUMNS)
 
 
@@ -123,7 +133,8 @@ def check_case_ids(cases) -> None:
         seen.add(case)
 
 
-def _validate(pair, lut, modality, claimed_by: str | None = None) -> dict:
+def _convert(pair, lut, modality, claimed_by: str | None = None) -> tuple[dict, sitk.Image, sitk.Image]:
+    """The ``cases.tsv`` row of a checked pair and its canonical image and label."""
     case, image_path, label_path = pair[:3]
     source_image, source_label = (pair[3], pair[4]) if len(pair) >= 5 else (image_path, label_path)
     image = read_image(image_path)
@@ -141,10 +152,11 @@ def _validate(pair, lut, modality, claimed_by: str | None = None) -> dict:
     sx, sy, sz = oriented.GetSpacing()
     nx, ny, nz = oriented.GetSize()
     names = [class_name(lut[v]) for v in sorted(present, key=lambda v: lut[v])]
-    return {"case": case, "source_image": str(source_image), "source_label": str(source_label),
-            "modality": modality, "orientation_source": source_code, "orientation": ORIENTATION,
-            "spacing_x": sx, "spacing_y": sy, "spacing_z": sz,
-            "size_x": nx, "size_y": ny, "size_z": nz, "labels": ",".join(names)}
+    row = {"case": case, "source_image": str(source_image), "source_label": str(source_label),
+           "modality": modality, "orientation_source": source_code, "orientation": ORIENTATION,
+           "spacing_x": sx, "spacing_y": sy, "spacing_z": sz,
+           "size_x": nx, "size_y": ny, "size_z": nz, "labels": ",".join(names)}
+    return row, oriented, reorient(_to_canonical(label, lut))
 
 
 def _check_modality(case, arr, image_path, modality, claimed_by) -> None:

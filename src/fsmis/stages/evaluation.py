@@ -73,18 +73,14 @@ def supports_by_class(split, classmap: dict, names, policy: str = "flag") -> dic
     return out
 
 
-def write_source_grid(vol: np.ndarray, geometry, canonical_image: str, orientation_source: str, out_path) -> None:
-    """One prediction put back on the raw file's grid and axis order (nearest neighbour;
-    ``fsmis.data.canonical.to_source_grid``), from the case's canonical image and its
-    ``orientation_source`` in ``cases.tsv``."""
-    import SimpleITK as sitk
-
+def write_source_grid(prediction, canonical_image, orientation_source: str, out_path) -> None:
+    """One prediction (a SimpleITK image on the preprocessed grid) put back on the raw
+    file's grid and axis order (nearest neighbour; ``fsmis.data.canonical.to_source_grid``),
+    given the case's canonical image and its ``orientation_source`` in ``cases.tsv``."""
     from fsmis.data import canonical as canonical_conversion
 
-    img = sitk.GetImageFromArray(vol)
-    img.CopyInformation(geometry)
-    canon = io.read_image(canonical_image)
-    io.write_image(canonical_conversion.to_source_grid(img, canon, str(orientation_source)), out_path)
+    io.write_image(canonical_conversion.to_source_grid(prediction, canonical_image, str(orientation_source)),
+                   out_path)
 
 
 def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: str, classmap_json: str,
@@ -155,19 +151,21 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
                     into[vol > 0] = vol[vol > 0]
         Path(pred_dir).mkdir(parents=True, exist_ok=True)
         cases_table = pd.read_csv(cases_tsv, sep="\t", dtype={"case": str}).set_index("case") if source_grid else None
+        canonical_images = {}  # read once per case for all protocols
         for protocol, by_case in merged.items():
             for case, vol in by_case.items():
                 img = sitk.GetImageFromArray(vol)
                 img.CopyInformation(geometry[case])
                 io.write_image(img, paths.prediction(pred_dir, case, protocol))
                 if source_grid:
-                    write_source_grid(vol, geometry[case], case_file(canonical, case, "canonical image"),
-                                      cases_table.loc[case, "orientation_source"],
+                    if case not in canonical_images:
+                        canonical_images[case] = io.read_image(case_file(canonical, case, "canonical image"))
+                    write_source_grid(img, canonical_images[case], cases_table.loc[case, "orientation_source"],
                                       paths.prediction(pred_dir, case, protocol, source_grid=True))
         table = pd.DataFrame(rows)
         io.write_tsv(table, per_case_out)
         summaries = {p: evaluator.summarize([r for r in rows if r["protocol"] == p], names) for p in protocols}
-        missing = sorted({r["class"] for r in rows if r.get("flag") == evaluator.SUPPORT_MISSING})
+        missing = sorted(set().union(*(summary["support_missing"] for summary in summaries.values())))
         result = {"method": method, "setting": setting, "fold": int(fold), "dataset": config["dataset"]["name"],
                   "support": split.support, "support_by_class": support_of, "support_missing": missing,
                   "groups": groups, "protocols": summaries}

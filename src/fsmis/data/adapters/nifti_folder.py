@@ -72,11 +72,16 @@ def _stems(root: Path) -> list[str]:
     return stems
 
 
+def _case_id(stem: str) -> str:
+    """A label file's stem as a case id: every character outside [A-Za-z0-9_] becomes _."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", stem)
+
+
 def _ids(root: Path) -> dict[str, str]:
     """case id -> label stem."""
     out: dict[str, str] = {}
     for stem in _stems(root):
-        case = re.sub(r"[^A-Za-z0-9_]", "_", stem)
+        case = _case_id(stem)
         if case in out:
             raise InputError(root, f"file names {out[case]!r} and {stem!r} give the same case id {case!r}")
         out[case] = stem
@@ -150,14 +155,15 @@ def modality_claims(dataset_cfg: dict, cases) -> dict[str, tuple[str, str, bool]
     without saying so per case is refused there instead of being windowed wrongly.
     """
     cases = list(cases)
+    root = _root(dataset_cfg)
     given = dataset_cfg.get("modality")
-    per_case_cfg = given if isinstance(given, dict) else {}
-    unknown = sorted(set(map(str, per_case_cfg)) - set(case_ids({**dataset_cfg, "cases": None, "exclude": None})))
+    per_case_cfg = {str(k): v for k, v in given.items()} if isinstance(given, dict) else {}
+    unknown = sorted(set(per_case_cfg) - set(_ids(root)))
     if unknown:
         raise ValueError(f"dataset.modality names unknown cases {unknown}; case ids look like {cases[:3]}")
-    meta = _meta(_root(dataset_cfg))
-    ids = {re.sub(r"[^A-Za-z0-9_]", "_", Path(e["label"]).name[: -len(_ending(meta))]): e
-           for e in meta.get("training") or [] if isinstance(e, dict) and "label" in e}
+    meta = _meta(root)
+    entries = {_case_id(Path(e["label"]).name[: -len(_ending(meta))]): e
+               for e in meta.get("training") or [] if isinstance(e, dict) and "label" in e}
     channels = list((meta.get("channel_names") or meta.get("modality") or {}).values())
     folder_wide = None
     if isinstance(given, str):
@@ -166,12 +172,13 @@ def modality_claims(dataset_cfg: dict, cases) -> dict[str, tuple[str, str, bool]
         folder_wide = (_kind(channels[0]), f"dataset.json channel {channels[0]!r}")
     out = {}
     for case in cases:
-        if str(case) in map(str, per_case_cfg):
-            value = {str(k): v for k, v in per_case_cfg.items()}[str(case)]
-            out[case] = (_checked(value, f"dataset.modality[{case}]"), f"dataset.modality[{case}]", True)
-        elif "modality" in ids.get(case, {}):
+        if str(case) in per_case_cfg:
+            where = f"dataset.modality[{case}]"
+            out[case] = (_checked(per_case_cfg[str(case)], where), where, True)
+        elif "modality" in entries.get(case, {}):
             where = f"dataset.json training entry of {case}"
-            out[case] = (_checked(_kind(ids[case]["modality"]), where), where, True)
+            stated = entries[case]["modality"]
+            out[case] = (_checked(_kind(stated) or stated, where), where, True)
         elif folder_wide is not None:
             out[case] = (*folder_wide, False)
         else:
