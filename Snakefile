@@ -4,7 +4,7 @@
 #   snakemake --cores N --configfile my.yaml --replace-workflow-config   another experiment
 #   snakemake --cores N --workflow-profile workflow/profiles/gpu     one job per GPU
 #   snakemake --workflow-profile workflow/profiles/slurm             a SLURM cluster
-#   snakemake results/demo/panet/setting1/fold0/metrics.json         one fold only
+#   snakemake results/demo/panet/setting1/seed1234/fold0/metrics.json         one fold only
 #
 # Results tree (docs/design.md, 'Stages and the files between them'; every template in
 # src/fsmis/paths.py, which the rules and the library share):
@@ -13,7 +13,7 @@
 #   results/data/{ds}/preprocessed/..., classmap.json            preprocess, classmap
 #   results/data/{ds}/superpixels/{case}.nii.gz                  superpixels
 #   results/{exp}/splits.json                                    splits
-#   results/{exp}/{method}/setting{setting}/fold{fold}/          train, evaluate
+#   results/{exp}/{method}/setting{setting}/seed{seed}/fold{fold}/          train, evaluate
 #   results/{exp}/report/                                        report
 #   results/mlflow/                                              MLflow store
 #   logs/{rule}/..., results/benchmarks/{rule}/...

@@ -27,7 +27,8 @@ def _same_bytes(obj, typed, tmp_path):
 
 def _metrics():
     """What fsmis.stages.evaluation.evaluate writes: NaN for a class no scan had a value for."""
-    return {"method": "panet", "setting": "2", "fold": 1, "dataset": "phantom", "support": "phantom_004",
+    return {"method": "panet", "setting": "2", "fold": 1, "seed": 3, "dataset": "phantom",
+            "supports": ["phantom_004", "phantom_005"], "support": "phantom_004",
             "support_by_class": {"liver": "phantom_004", "spleen": "phantom_005"}, "support_missing": [],
             "groups": {"left_kidney+right_kidney": ["left_kidney", "right_kidney"],
                        "liver+spleen": ["liver", "spleen"]},

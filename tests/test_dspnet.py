@@ -24,6 +24,7 @@ from fsmis.models.dsr_blocks import (
     fspa_code,
     fspa_paper,
     place_seeds,
+    strided_mask,
 )
 from fsmis.models.fewshot import EmptyPrototypeSet
 from fsmis.models.resemblance import ResemblanceKernel, resemblance_attention
@@ -266,6 +267,82 @@ def test_seed_count_exact_keeps_seeds_the_reference_loses_on_row_or_column_0():
         assert net._cluster_plan(strip)["seeds"].shape[0] == kept
 
 
+def test_strided_mask_takes_every_sth_pixel_as_the_references_nearest_resize():
+    mask = torch.from_numpy(np.random.default_rng(7).random((1, 256, 256)) > 0.5)
+    assert torch.equal(strided_mask(mask, (32, 32)), mask[0, ::8, ::8])  # the papers' trunk: stride 8
+    assert torch.equal(strided_mask(mask[:, :128, :128], (32, 32)), mask[0, :128:4, :128:4])  # small_cnn: 4
+    # not a multiple (cv2 INTER_NEAREST): cell i takes pixel floor(i * 100 / 32)
+    ramp = torch.arange(100.0)[:, None] * 1000 + torch.arange(100.0)[None]
+    picked = [0, 3, 6, 9, 12, 15, 18, 21, 25, 28, 31, 34, 37, 40, 43, 46,
+              50, 53, 56, 59, 62, 65, 68, 71, 75, 78, 81, 84, 87, 90, 93, 96]
+    assert torch.equal(strided_mask(ramp, (32, 32)), ramp[picked][:, picked])
+
+
+def _notched_square():
+    """256 x 256 image mask: pixels 40..160 squared, without the 16 x 16 corner 40..55."""
+    m = torch.zeros(1, 256, 256)
+    m[:, 40:161, 40:161] = 1
+    m[:, 40:56, 40:56] = 0
+    return m
+
+
+def test_seed_mask_bilinear_and_strided_give_other_cluster_counts_and_seeds():
+    """At stride 8 the bilinear mask samples pixels 8i+3, 8i+4 (cells 5..19 of the square),
+    the strided one pixel 8i (cells 5..20): 15^2 - 4 = 221 cells (2 clusters) against
+    16^2 - 4 = 252 (3 clusters); the notch is 2 x 2 cells in both."""
+    m = _notched_square()
+    feats = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    bilinear = P.resize_mask(m, (32, 32))[0, 0] >= 0.5
+    strided = strided_mask(m, (32, 32)).bool()
+    assert int(bilinear.sum()) == 221 and int(strided.sum()) == 252
+    expected = {"bilinear": [[19, 19], [5, 19]], "strided": [[20, 20], [5, 20], [20, 5]]}
+    for rule, cells in (("bilinear", bilinear), ("strided", strided)):
+        net = DSPNet.from_keywords(Identity(3), seed_mask=rule)
+        plan = net.support_from_mask(feats, m)["plan"]
+        assert plan["seeds"].tolist() == expected[rule]
+        assert np.array_equal(_reference_seeds(cells.numpy(), len(expected[rule])), expected[rule])
+        # the clustered cells are the bilinear mask's interior under both rules
+        assert torch.equal(plan["roi"], torch.nonzero(bilinear.flatten()).flatten())
+
+
+def _record_seed_masks(net, monkeypatch):
+    """The ``seeds_from`` of every clustering plan ``net`` makes from now on."""
+    seen, orig = [], net._cluster_plan
+
+    def plan(fg, seeds_from=None):
+        seen.append(seeds_from)
+        return orig(fg, seeds_from)
+
+    monkeypatch.setattr(net, "_cluster_plan", plan)
+    return seen
+
+
+def test_seed_mask_strided_needs_the_image_mask_and_reaches_evaluation_and_training(monkeypatch):
+    m = _notched_square()[:, ::2, ::2]  # 128 x 128: stride 4 on the 32 x 32 grid
+    feats = torch.randn(1, 3, 32, 32)
+    net = DSPNet.from_keywords(Identity(3), seed_mask="strided")
+    with pytest.raises(ValueError, match="support_from_mask"):
+        net.support_state(feats, P.resize_mask(m, (32, 32)))
+    assert net.support_from_mask(feats, m)["plan"]["seeds"].tolist() == [[20, 20], [5, 20], [20, 5]]
+    no_fspa = DSPNet.from_keywords(Identity(3), seed_mask="strided", fspa=False)
+    assert no_fspa.support_state(feats, P.resize_mask(m, (32, 32)))["plan"] is None  # nothing to seed
+    for variant, plans in (("code", 1), ("paper", 2)):
+        torch.manual_seed(20)
+        net = registry.build("dspnet", {"backbone": "small_cnn", "feature_dim": 16},
+                             {"variant": variant, "seed_mask": "strided"})
+        sup, fg, qry = _episode(128)  # 24 x 16 cells: 4 clusters
+        with torch.no_grad():
+            net.eval()
+            cached = net.predict(net.encode(qry), net.prepare_support(sup, fg), (128, 128))
+            assert torch.allclose(net(sup, fg, qry)[0], cached, atol=1e-5)
+        seen = _record_seed_masks(net, monkeypatch)
+        _, losses = net.train()(sup, fg, qry)
+        assert torch.isfinite(losses["align"])
+        # main pass and (paper) alignment pass: seeds from image-resolution masks sampled on the grid
+        assert len(seen) == plans and all(s is not None and s.shape == (32, 32) for s in seen)
+        assert torch.equal(seen[0], strided_mask(fg, (32, 32)).bool())
+
+
 def test_ran_grad_false_keeps_the_output_and_drops_the_attention_gradient():
     torch.manual_seed(19)
     feats, fg = torch.randn(1, 4, 16, 16), _mask(16, 16, 2, 14, 2, 14)
@@ -384,7 +461,7 @@ def test_alignment_pass_clusters_only_in_the_paper_variant(variant, plans, monke
     net = DSPNet.from_keywords(Identity(4), variant=variant).train()
     calls = []
     orig = net._cluster_plan
-    monkeypatch.setattr(net, "_cluster_plan", lambda fg: calls.append(1) or orig(fg))
+    monkeypatch.setattr(net, "_cluster_plan", lambda *a: calls.append(1) or orig(*a))
     img = torch.randn(1, 4, 32, 32)
     net(img, _mask(32, 32, 4, 28, 4, 28)[:, 0], img.clone())
     assert len(calls) == plans

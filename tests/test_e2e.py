@@ -43,20 +43,21 @@ def test_report_and_metrics_exist(run):
     for name in ("dice_setting1_oracle.md", "dice_bars_setting1_oracle.png", "qualitative.png",
                  "training_curves.png"):
         assert (report / name).stat().st_size > 0, name
-    metrics = json.loads((wd / "results/tiny/ssl_alpnet/setting1/fold0/metrics.json").read_text(encoding="utf-8"))
+    fold = wd / "results/tiny/ssl_alpnet/setting1/seed1234/fold0"
+    metrics = json.loads((fold / "metrics.json").read_text(encoding="utf-8"))
     oracle = metrics["protocols"]["oracle"]
     assert set(oracle["dice"]) == {"left_kidney", "right_kidney", "spleen", "liver"}
     assert 0.0 <= oracle["mean_dice"] <= 1.0
     full = metrics["protocols"]["full"]  # the same model without ground truth at inference
     assert set(full["dice"]) == set(oracle["dice"]) and 0.0 <= full["mean_dice"] <= 1.0
-    preds = sorted(p.name for p in (wd / "results/tiny/ssl_alpnet/setting1/fold0/predictions").glob("*.nii.gz"))
+    preds = sorted(p.name for p in (fold / "predictions").glob("*.nii.gz"))
     # 4 cases in 3 folds: blocks of 2, 1, 1 cases; one prediction per case and protocol
     assert preds == ["phantom_000.nii.gz", "phantom_000_full.nii.gz", "phantom_001.nii.gz", "phantom_001_full.nii.gz"]
 
 
 def test_setting_2_trains_a_model_per_label_group_and_evaluates_with_it(run):
     wd, _ = run
-    fold = wd / "results/tiny/ssl_alpnet/setting2/fold0"
+    fold = wd / "results/tiny/ssl_alpnet/setting2/seed1234/fold0"
     assert sorted(p.name for p in fold.iterdir() if (p / "model.pt").exists()) == [
         "left_kidney+right_kidney", "liver+spleen"]
     metrics = json.loads((fold / "metrics.json").read_text(encoding="utf-8"))
@@ -68,7 +69,7 @@ def test_setting_2_trains_a_model_per_label_group_and_evaluates_with_it(run):
         ("left_kidney", "left_kidney+right_kidney"), ("right_kidney", "left_kidney+right_kidney"),
         ("liver", "liver+spleen"), ("spleen", "liver+spleen")}
     # the kidney model never saw a slice with a kidney: its training log says how many went
-    log_file = wd / "logs/train/tiny/ssl_alpnet/setting2/fold0/left_kidney+right_kidney.log"
+    log_file = wd / "logs/train/tiny/ssl_alpnet/setting2/seed1234/fold0/left_kidney+right_kidney.log"
     log_text = log_file.read_text(encoding="utf-8")
     assert "excluded" in log_text
     assert (wd / "results/tiny/report/paper_setting2_oracle.md").exists()

@@ -155,3 +155,50 @@ def test_supports_by_class_flag_or_next_scan():
     assert supports_by_class(split, classmap, ["liver", "spleen"], "next_scan") == {"liver": "c2", "spleen": "c4"}
     with pytest.raises(ValueError, match="missing_support must be flag or next_scan"):
         supports_by_class(split, classmap, ["liver"], "skip")
+
+
+def test_support_choices_are_scored_separately_and_predictions_come_from_the_first():
+    qry = np.zeros((3, 4, 4), np.uint8)
+    qry[:, 0:2, 0:2] = 1
+    same = qry.copy()  # choice 0: the query's own mask -> Dice 1
+    shifted = np.zeros_like(qry)
+    shifted[:, 0:2, 1:3] = 1  # choice 1: overlap 2 of 4 px -> Dice 0.5 (as test_mask_transfer_dice_by_hand)
+    rows, preds = E.evaluate_scans(E.MaskTransferPredictor(), [_scan("a", same), _scan("b", shifted)],
+                                   [_scan("q", qry)], {"liver": 1}, ("oracle", "full"))
+    by = {(r["protocol"], r["support_choice"]): r for r in rows}
+    assert sorted(by) == [("full", 0), ("full", 1), ("oracle", 0), ("oracle", 1)]
+    assert by["oracle", 0]["support"] == "a" and by["oracle", 0]["dice"] == pytest.approx(1.0)
+    assert by["oracle", 1]["support"] == "b" and by["oracle", 1]["dice"] == pytest.approx(0.5)
+    assert (preds["oracle"]["q"] == qry).all() and (preds["full"]["q"] == qry).all()  # choice 0's
+
+
+def test_support_choices_follow_the_fold_then_natural_order_never_a_test_scan():
+    from fsmis.data.splits import make_folds, support_choices
+
+    cases = [f"c{i}" for i in range(1, 11)]  # natural order: c10 last
+    fold = make_folds(cases, 5)["folds"][4]  # tests c9, c10; support wraps to c1
+    assert fold["support"] == "c1"
+    assert support_choices(fold["test"], fold["support"], cases, 3) == ["c1", "c2", "c3"]
+    fold = make_folds(cases, 5)["folds"][3]  # tests c7, c8; support c9
+    assert support_choices(fold["test"], fold["support"], cases, "all") == ["c9", "c10", "c1", "c2", "c3", "c4",
+                                                                             "c5", "c6"]
+    with pytest.raises(ValueError, match="8 scan"):
+        support_choices(fold["test"], fold["support"], cases, 9)
+
+
+def test_model_predictor_hands_dspnet_the_image_mask_for_strided_seeds():
+    import torch
+
+    from fsmis.models import registry
+
+    torch.manual_seed(0)
+    net = registry.build("dspnet", {"backbone": "small_cnn", "feature_dim": 16}, {"seed_mask": "strided"}).eval()
+    label = np.zeros((3, 128, 128), np.uint8)
+    label[:, 20:100, 16:110] = 1  # large enough on the 32 x 32 grid to be clustered
+    scan = E.Scan("s", np.random.default_rng(0).normal(size=label.shape).astype(np.float32), label, (5.0, 1.0, 1.0))
+    states = E.ModelPredictor(net, "cpu").states(scan, 1, [1])
+    with torch.no_grad():
+        feats = net.encode(torch.from_numpy(np.repeat(scan.image[1][None, None], 3, axis=1)))
+        direct = net.support_from_mask(feats, torch.from_numpy(label[1:2].astype(np.float32)))
+    assert direct["plan"] is not None
+    assert states[0]["plan"]["seeds"].tolist() == direct["plan"]["seeds"].tolist()

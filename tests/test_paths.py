@@ -20,6 +20,7 @@ SAMPLE = {
     "method": "ssl_alpnet",
     "setting": "2all",
     "fold": "3",
+    "seed": "42",
     "group": "left_kidney+right_kidney",
     "protocol": "full",
     "file": "CHAOS_Train_Sets.zip",
@@ -43,12 +44,13 @@ def test_every_template_round_trips(kind):
 
 
 def test_templates_are_the_workflows_paths():
-    assert paths.model == "results/{exp}/{method}/setting{setting}/fold{fold}/{group}/model.pt"
-    assert paths.metrics == "results/{exp}/{method}/setting{setting}/fold{fold}/metrics.json"
+    assert paths.model == "results/{exp}/{method}/setting{setting}/seed{seed}/fold{fold}/{group}/model.pt"
+    assert paths.metrics == "results/{exp}/{method}/setting{setting}/seed{seed}/fold{fold}/metrics.json"
     assert paths.image == "results/data/{ds}/preprocessed/{case}_image.nii.gz"
     assert paths.superpixels == "results/data/{ds}/superpixels/{case}.nii.gz"
-    assert paths.log_train == "logs/train/{exp}/{method}/setting{setting}/fold{fold}/{group}.log"
-    assert paths.benchmark_evaluate == "results/benchmarks/evaluate/{exp}/{method}/setting{setting}/fold{fold}.tsv"
+    assert paths.log_train == "logs/train/{exp}/{method}/setting{setting}/seed{seed}/fold{fold}/{group}.log"
+    assert paths.benchmark_evaluate == (
+        "results/benchmarks/evaluate/{exp}/{method}/setting{setting}/seed{seed}/fold{fold}.tsv")
     assert paths.fill("report_slice", exp="demo", name="dice", setting="1", protocol="oracle", ext="csv") == (
         "results/demo/report/dice_setting1_oracle.csv")
     with pytest.raises(AttributeError):
@@ -64,31 +66,33 @@ def test_protocols_and_settings_agree_with_the_library():
 
 
 def test_prediction_names():
-    folder = "results/demo/panet/setting1/fold0/predictions"
+    folder = "results/demo/panet/setting1/seed0/fold0/predictions"
     assert paths.prediction(folder, "c1", "oracle") == f"{folder}/c1.nii.gz"
     assert paths.prediction(folder, "c1", "full") == f"{folder}/c1_full.nii.gz"
     assert paths.prediction(folder, "c1", "full", source_grid=True) == f"{folder}/source_grid/c1_full.nii.gz"
     # a case id with underscores is not mistaken for a protocol suffix, and back
     assert paths.parse(f"{folder}/phantom_000.nii.gz") == (
-        "prediction_oracle", {"exp": "demo", "method": "panet", "setting": "1", "fold": "0", "case": "phantom_000"})
+        "prediction_oracle", {"exp": "demo", "method": "panet", "setting": "1", "seed": "0", "fold": "0",
+         "case": "phantom_000"})
     assert paths.parse(f"{folder}/phantom_000_full.nii.gz")[1]["case"] == "phantom_000"
     with pytest.raises(ValueError):
-        paths.fill("prediction", exp="demo", method="panet", setting="1", fold="0", case="c", protocol="oracle")
+        paths.fill("prediction", exp="demo", method="panet", setting="1", seed="0", fold="0", case="c",
+                   protocol="oracle")
 
 
 def test_files_within_and_beside_a_declared_one(tmp_path):
     model = tmp_path / "any" / "model.pt"
     assert paths.beside(model, "checkpoint") == str(tmp_path / "any" / "checkpoint.pt")
     assert paths.beside(model, "stale_checkpoint", config_hash="abc") == str(tmp_path / "any" / "checkpoint.abc.pt")
-    assert paths.beside("results/demo/m/setting1/fold0/metrics.json", "per_case") == (
-        "results/demo/m/setting1/fold0/per_case.tsv")
+    assert paths.beside("results/demo/m/setting1/seed0/fold0/metrics.json", "per_case") == (
+        "results/demo/m/setting1/seed0/fold0/per_case.tsv")
     assert paths.within("out", "report_file", name="qualitative", ext="png") == "out/qualitative.png"
     assert paths.stem("report_slice", name="stats", setting="2", protocol="full") == "stats_setting2_full"
     assert paths.base_of("x/y/train_log.tsv", "train_log") == ("x/y", {})
     with pytest.raises(ValueError, match="not a file whose folder"):
         paths.beside(tmp_path / "notes.txt", "checkpoint")
-    assert paths.train_label("results/demo/panet/setting2/fold1/liver+spleen/train_log.tsv") == (
-        "panet setting2 fold1 liver+spleen")
+    assert paths.train_label("results/demo/panet/setting2/seed3/fold1/liver+spleen/train_log.tsv") == (
+        "panet setting2 seed3 fold1 liver+spleen")
 
 
 def test_bad_wildcards_and_foreign_paths_are_refused():
@@ -97,14 +101,15 @@ def test_bad_wildcards_and_foreign_paths_are_refused():
     with pytest.raises(ValueError, match="no wildcard"):
         paths.fill("splits", exp="demo", fold="0")
     with pytest.raises(ValueError, match="does not match"):
-        paths.fill("metrics", exp="demo", method="m", setting="3", fold="0")
+        paths.fill("metrics", exp="demo", method="m", setting="3", seed="0", fold="0")
     with pytest.raises(ValueError, match="does not match"):
         paths.fill("splits", exp="data")  # results/data/ is the datasets' folder
     with pytest.raises(ValueError, match="unknown kind"):
         paths.fill("nope")
     with pytest.raises(ValueError, match="not a path of the result tree"):
         paths.parse("somewhere/else.txt")
-    assert paths.partial("metrics", exp="demo") == "results/demo/{method}/setting{setting}/fold{fold}/metrics.json"
+    assert paths.partial("metrics", exp="demo") == (
+        "results/demo/{method}/setting{setting}/seed{seed}/fold{fold}/metrics.json")
 
 
 def test_rules_spell_no_path_of_the_tree_by_hand():

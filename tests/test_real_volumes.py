@@ -146,7 +146,7 @@ def test_every_storage_order_gives_the_same_canonical_volumes(runs):
 
 def test_every_storage_order_gives_the_same_dice(runs):
     wd = runs["wd"]
-    per_case = {name: pd.concat(pd.read_csv(wd / f"results/{name}/mask_transfer/setting1/fold{k}/per_case.tsv",
+    per_case = {name: pd.concat(pd.read_csv(wd / f"results/{name}/mask_transfer/setting1/seed1234/fold{k}/per_case.tsv",
                                             sep="\t") for k in range(3)).set_index(["protocol", "case", "class"])
                 for name in ("plain", "flipped")}
     plain, flipped = per_case["plain"].sort_index(), per_case["flipped"].sort_index()
@@ -161,15 +161,15 @@ def test_every_storage_order_gives_the_same_dice(runs):
 def test_predictions_on_the_raw_grid_overlay_the_stored_files(runs, phantom_cases):
     wd = runs["wd"]
     for k, case in enumerate(CASES):
-        back = sitk.ReadImage(str(wd / f"results/flipped/mask_transfer/setting1/fold{k}/predictions/source_grid/"
-                                       f"{case}.nii.gz"))
+        back = sitk.ReadImage(str(wd / f"results/flipped/mask_transfer/setting1/seed1234/fold{k}/predictions/"
+                                       f"source_grid/{case}.nii.gz"))
         root = Path(yaml.safe_load((wd / "flipped.yaml").read_text(encoding="utf-8"))["dataset"]["root"])
         raw = sitk.ReadImage(str(root / "labelsTr" / f"{case}.nii.gz"))
         assert back.GetSize() == raw.GetSize() and np.allclose(back.GetDirection(), raw.GetDirection())
         assert np.allclose(back.GetOrigin(), raw.GetOrigin(), atol=1e-4)
         # the plain experiment's prediction, stored the same way, is the same volume
-        plain = sitk.ReadImage(str(wd / f"results/plain/mask_transfer/setting1/fold{k}/predictions/source_grid/"
-                                        f"{case}.nii.gz"))
+        plain = sitk.ReadImage(str(wd / f"results/plain/mask_transfer/setting1/seed1234/fold{k}/predictions/"
+                                        f"source_grid/{case}.nii.gz"))
         assert np.array_equal(sitk.GetArrayFromImage(_stored_as(plain, *STORED_AS[case])),
                               sitk.GetArrayFromImage(back))
         # and it overlaps the organs it was asked for
@@ -185,14 +185,14 @@ def test_a_support_scan_without_a_class_is_flagged_not_fatal(tmp_path, phantom_c
     wd = tmp_path / "work"
     wd.mkdir()
     _snakemake(wd, _config("nospleen", root, folds=[0]))
-    fold = wd / "results/nospleen/mask_transfer/setting1/fold0"
+    fold = wd / "results/nospleen/mask_transfer/setting1/seed1234/fold0"
     metrics = json.loads((fold / "metrics.json").read_text(encoding="utf-8"))
     assert metrics["support_missing"] == ["spleen"]
     oracle = metrics["protocols"]["oracle"]
     assert oracle["support_missing"] == ["spleen"] and oracle["dice"]["spleen"] is None or \
         np.isnan(oracle["dice"]["spleen"])
     assert all(oracle["dice"][c] > 0.01 for c in ("liver", "left_kidney", "right_kidney"))
-    rows = pd.read_csv(wd / "results/nospleen/mask_transfer/setting1/fold0/per_case.tsv", sep="\t")
+    rows = pd.read_csv(wd / "results/nospleen/mask_transfer/setting1/seed1234/fold0/per_case.tsv", sep="\t")
     assert set(rows.loc[rows["flag"] == "support_missing", "class"]) == {"spleen"}
     assert (rows["support"] == "phantom_001").all()
     note = "Support scan without the class: 1 (fold, class) pair(s) not evaluated"

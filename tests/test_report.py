@@ -192,9 +192,10 @@ def test_build_report_writes_tables_and_figures(tmp_path):
                 "training_curves.pdf", "training_curves.png"]
     # configured slices first (2all has no results: files that say so), then the others found
     for stem in ("setting1_oracle", "setting2all_oracle", "setting2_full"):
-        expected += [f"dice_{stem}.csv", f"dice_{stem}.md", f"dice_bars_{stem}.pdf", f"dice_bars_{stem}.png",
-                     f"stats_{stem}.csv", f"stats_{stem}.md", f"paper_{stem}.md", f"paper_{stem}.csv",
-                     f"paper_{stem}.tex", f"qualitative_{stem}.png", f"qualitative_{stem}.pdf"]
+        expected += [f"dice_bars_{stem}.pdf", f"dice_bars_{stem}.png", f"stats_{stem}.csv", f"stats_{stem}.md",
+                     f"spread_{stem}.csv", f"spread_{stem}.md", f"qualitative_{stem}.png", f"qualitative_{stem}.pdf"]
+        expected += [f"{name}_{stem}.{ext}" for name in ("dice", "iou", "hd95", "nsd", "paper", "reproduction")
+                     for ext in ("md", "csv", "tex")]
     assert names == sorted(expected)
     for path in written:
         assert (out / path.rsplit("/", 1)[1]).stat().st_size > 0
@@ -217,11 +218,12 @@ def test_build_report_writes_tables_and_figures(tmp_path):
     assert "6 needed" in panet_liver["p_note"]
     # the paper table of the phantom: our numbers, a note instead of published ones
     paper = (out / "paper_setting1_oracle.md").read_text(encoding="utf-8")
-    assert "| method | spleen | liver | Mean | p vs dspnet |" in paper
-    assert "| panet | 45.00 ± 7.07 | 88.00 ± 2.83 | 66.50 ± 2.12 | n/a |" in paper
+    # HD95 and NSD, which no paper reports, beside (none here: these per-case rows predate them)
+    assert "| method | spleen | liver | Mean | HD95 (mm, ours) | NSD (%, ours) | p vs dspnet |" in paper
+    assert "| panet | 45.00 ± 7.07 | 88.00 ± 2.83 | 66.50 ± 2.12 | – | – | n/a |" in paper
     assert "No published numbers for dataset phantom" in paper
     tex = (out / "paper_setting1_oracle.tex").read_text(encoding="utf-8")
-    assert "\\toprule" in tex and "Method & spleen & liver & Mean & $p$" in tex
+    assert "\\toprule" in tex and "Method & spleen & liver & Mean & HD95 (mm, ours) & NSD (\\%, ours) & $p$" in tex
 
 
 def test_figures_without_report(tmp_path):

@@ -77,9 +77,11 @@ def test_wilcoxon_not_tested_rules():
         stats.wilcoxon_paired([1, 2], [1])
 
 
-def _cases(rows):
+def _cases(rows, seed=0, support_choice=0):
     frame = pd.DataFrame(rows, columns=["method", "fold", "case", "class", "dice"])
-    return frame.assign(setting="1", protocol="oracle", flag="ok")[results.CASE_COLUMNS]
+    frame = frame.assign(setting="1", protocol="oracle", flag="ok", seed=seed, support_choice=support_choice,
+                         support="s0")
+    return frame.reindex(columns=results.CASE_COLUMNS)
 
 
 def test_paired_tests_match_by_fold_case_and_class():

@@ -1,11 +1,18 @@
-"""Superpixels: consecutive ids, 0 exactly outside the body, parallel == serial."""
+"""Superpixels: consecutive ids, 0 exactly outside the body, parallel == serial, the body
+mask's connectivity (the reference's 8 or 4)."""
+
+from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
+from scipy import ndimage
+from skimage.measure import label as skimage_label
 
 from fsmis.data import superpixels as S
 
 P = {"scale": 1.0, "sigma": 1.0, "min_size": 400}
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
 
 
 def _disk(shape=(64, 64), centre=(32, 32), radius=26):
@@ -101,6 +108,61 @@ def test_body_mask():
     m = S.body_mask(s, 1e-4)
     assert m[9, 6] and not m[16, 16] and m.sum() == 16 * 10
     assert not S.body_mask(np.zeros((5, 5)), 1e-4).any()
+
+
+def _corner_touching_body():
+    """Three parts: A (3 x 3) and B (4 x 4) meet only at one corner, C (3 x 7) stands
+    apart. 4-connected the largest is C (21 px); 8-connected, A + B (25 px)."""
+    s = np.zeros((12, 12), np.float32)
+    s[1:4, 1:4] = 5  # A: rows 1-3, columns 1-3
+    s[4:8, 4:8] = 5  # B: rows 4-7, columns 4-7; (3, 3) and (4, 4) touch diagonally
+    s[9:12, 0:7] = 5  # C: rows 9-11, columns 0-6
+    a, b, c = (np.zeros((12, 12), bool) for _ in range(3))
+    a[1:4, 1:4], b[4:8, 4:8], c[9:12, 0:7] = True, True, True
+    return s, a | b, c
+
+
+def test_body_connectivity_8_keeps_the_corner_connected_part_4_the_largest_edge_connected_one():
+    s, a_and_b, c = _corner_touching_body()
+    assert np.array_equal(S.body_mask(s, 1e-4), a_and_b)  # default: the reference's 8
+    assert np.array_equal(S.body_mask(s, 1e-4, 8), a_and_b)
+    assert np.array_equal(S.body_mask(s, 1e-4, 4), c)
+    with pytest.raises(ValueError, match="4 or 8"):
+        S.body_mask(s, 1e-4, 6)
+
+
+def _reference_body_mask(img, thresh):
+    """The reference notebook's fg_mask2d, written after it with skimage."""
+    mask = np.float32(img > thresh)
+    if mask.max() < 0.999:
+        return mask.astype(bool)
+    labels = skimage_label(mask)
+    return ndimage.binary_fill_holes(labels == np.argmax(np.bincount(labels.flat)[1:]) + 1)
+
+
+def test_body_mask_with_8_neighbours_is_the_references():
+    rng = np.random.default_rng(11)
+    for _ in range(40):  # smoothed noise at its median: many parts, corner contacts, holes, ties
+        img = ndimage.gaussian_filter(rng.random((40, 40)), 1.0)
+        thresh = float(np.median(img))
+        assert np.array_equal(S.body_mask(img, thresh, 8), _reference_body_mask(img, thresh))
+    assert not S.body_mask(np.zeros((5, 5)), 1e-4, 8).any()
+
+
+def test_body_connectivity_reaches_compute_from_the_config_section():
+    s, a_and_b, c = _corner_touching_body()
+    params = {**P, "min_size": 1}
+    assert S.DEFAULTS["body_connectivity"] == 8
+    assert np.array_equal(S.compute(s[None], "CT", params)[0] > 0, a_and_b)
+    assert np.array_equal(S.compute(s[None], "CT", {**params, "body_connectivity": 4})[0] > 0, c)
+    assert np.array_equal(S.compute(np.stack([s, s]), "CT", {**params, "body_connectivity": 4}, workers=2)[1] > 0, c)
+
+
+def test_superpixel_schema_defaults_are_the_module_defaults():
+    section = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))["properties"]["superpixels"]["properties"]
+    assert section["body_connectivity"]["enum"] == [4, 8]
+    for key in ("scale", "sigma", "min_size", "body_connectivity"):
+        assert section[key]["default"] == S.DEFAULTS[key]
 
 
 def test_summary():

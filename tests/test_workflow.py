@@ -64,15 +64,15 @@ def test_setting_2_trains_one_model_per_label_group(tmp_path, snakemake, dry_run
     assert counts["evaluate"] == 2 * 3 * 2
     result = snakemake(
         tmp_path, "--dry-run", "--config", "folds=[0]", "methods=[ssl_alpnet]", "settings=[2]",
-        "baselines=[]", "--", "results/demo/ssl_alpnet/setting2/fold0/metrics.json",
+        "baselines=[]", "--", "results/demo/ssl_alpnet/setting2/seed1234/fold0/metrics.json",
     )
     out = result.stdout + result.stderr
-    assert "setting2/fold0/left_kidney+right_kidney/model.pt" in out
-    assert "setting2/fold0/liver+spleen/model.pt" in out
+    assert "setting2/seed1234/fold0/left_kidney+right_kidney/model.pt" in out
+    assert "setting2/seed1234/fold0/liver+spleen/model.pt" in out
 
 
 def test_one_fold_can_be_rerun_by_asking_for_its_file(tmp_path, dry_run):
-    counts = dry_run(tmp_path, "results/demo/panet/setting1/fold0/metrics.json")
+    counts = dry_run(tmp_path, "results/demo/panet/setting1/seed1234/fold0/metrics.json")
     assert counts["train"] == 1
     assert counts["evaluate"] == 1
     assert "report" not in counts and "all" not in counts
@@ -80,7 +80,7 @@ def test_one_fold_can_be_rerun_by_asking_for_its_file(tmp_path, dry_run):
 
 def test_mask_transfer_has_no_training_job(tmp_path, snakemake):
     result = snakemake(
-        tmp_path, "--dry-run", "results/demo/mask_transfer/setting1/fold0/model.pt"
+        tmp_path, "--dry-run", "results/demo/mask_transfer/setting1/seed1234/fold0/model.pt"
     )
     assert result.returncode != 0
     assert "No rule to produce" in result.stderr + result.stdout
@@ -167,7 +167,7 @@ def test_schema_fills_paper_defaults_into_a_minimal_config():
     assert train["augment"]["zoom"] == [0.9, 1.2]  # nested two levels down
     assert cfg["method_params"]["ssl_alpnet"]["threshold"] == 0.95
     assert cfg["method_params"]["panet"]["scale"] == 20.0
-    assert cfg["evaluate"] == {"protocols": ["oracle", "full"], "n_parts": 3, "nsd_tolerance_mm": 2.0}
+    assert cfg["evaluate"] == {"protocols": ["oracle", "full"], "n_parts": 3, "nsd_tolerance_mm": 2.0, "supports": 1}
     assert cfg["method_params"]["ssl_alpnet"]["empty_bg"] == "global"
     assert train["superpixel_sampling"] == "uniform"
 

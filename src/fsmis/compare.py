@@ -74,31 +74,34 @@ def _ident(runs: pd.DataFrame, name: str) -> pd.Series:
 
 
 def newest_runs(runs: pd.DataFrame) -> pd.DataFrame:
-    """Finished runs with method/setting/fold, the newest of each (method, setting, fold)."""
+    """Finished runs with method/setting/fold, the newest of each (method, setting, seed,
+    fold); a run without a seed (older ones) counts as seed 0."""
     if runs.empty:
-        return runs.assign(method=[], setting=[], fold=[])
+        return runs.assign(method=[], setting=[], seed=[], fold=[])
     runs = runs[runs["status"] == "FINISHED"].copy()
-    for name in ("method", "setting", "fold"):
+    for name in ("method", "setting", "seed", "fold"):
         runs[name] = _ident(runs, name)
     runs = runs.dropna(subset=["method", "setting", "fold"])
     runs["setting"] = runs["setting"].astype(str)
+    runs["seed"] = pd.to_numeric(runs["seed"], errors="coerce").fillna(0).astype(int)
     runs["fold"] = pd.to_numeric(runs["fold"], errors="coerce")
     runs = runs.dropna(subset=["fold"]).astype({"fold": int})
     runs = runs.sort_values(["start_time", "end_time"], kind="stable")
-    return runs.groupby(["method", "setting", "fold"], sort=True).tail(1)
+    return runs.groupby(["method", "setting", "seed", "fold"], sort=True).tail(1)
 
 
 def compare_table(runs: pd.DataFrame, metric: str = "mean_dice", protocol: str = "oracle",
                   setting: str | None = None) -> pd.DataFrame:
     """Methods (and settings) x ``fold<k>`` columns, then ``mean``, ``std`` and ``n``
-    (folds with a value). ``runs``: :func:`fsmis.tracking.search` rows of evaluate runs."""
+    (folds with a value); a fold's value is the mean over its seeds (config `seeds`).
+    ``runs``: :func:`fsmis.tracking.search` rows of evaluate runs."""
     runs = newest_runs(runs)
     if setting is not None:
         runs = runs[runs["setting"] == str(setting)]
     runs = runs.assign(value=[metric_of(r, metric, protocol) for _, r in runs.iterrows()]).dropna(subset=["value"])
     if runs.empty:
         return pd.DataFrame()
-    wide = runs.pivot_table(index=["method", "setting"], columns="fold", values="value", aggfunc="last")
+    wide = runs.pivot_table(index=["method", "setting"], columns="fold", values="value", aggfunc="mean")
     folds = wide.columns
     wide.columns = [f"fold{f}" for f in folds]
     values = wide[[f"fold{f}" for f in folds]]

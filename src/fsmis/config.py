@@ -45,9 +45,14 @@ def _digits_to_int(value):
 
 def normalise(cfg: dict) -> dict:
     """Bring the spellings the schema accepts to one: settings as strings, folds and case
-    numbers as integers; ``folds`` absent = every fold of ``n_folds``. In place."""
+    numbers as integers; ``folds`` absent = every fold of ``n_folds``, ``seeds`` absent =
+    ``[seed]``. In place."""
     cfg["settings"] = [str(s) for s in cfg["settings"]]
     cfg["folds"] = [int(f) for f in cfg.get("folds") or range(cfg["n_folds"])]
+    # `seeds` absent = the one `seed`; every training seed is a wildcard of the tree
+    seeds = cfg.get("seeds") or ([cfg["seed"]] if "seed" in cfg else [])
+    if seeds:
+        cfg["seeds"] = [int(s) for s in seeds]
     dataset = cfg["dataset"]
     if "cases" in dataset and not isinstance(dataset["cases"], list):
         dataset["cases"] = _digits_to_int(dataset["cases"])
@@ -69,8 +74,8 @@ def check(cfg: dict, registered: Iterable[str]) -> dict:
     if dataset["name"] not in adapters.DATASETS:  # the adapters' registry is the one list
         raise ConfigError(f"config: dataset.name {dataset['name']!r} is not a registered dataset; "
                           f"known: {', '.join(adapters.DATASETS)}")
-    for key in ("settings", "folds"):
-        if len(set(cfg[key])) != len(cfg[key]):
+    for key in ("settings", "folds", "seeds"):
+        if len(set(cfg.get(key, []))) != len(cfg.get(key, [])):
             raise ConfigError(f"config: {key} lists an entry twice: {cfg[key]}")
     n_folds = cfg["n_folds"]
     beyond = [f for f in cfg["folds"] if f >= n_folds]
@@ -85,9 +90,26 @@ def check(cfg: dict, registered: Iterable[str]) -> dict:
     problem = infeasible(len(case_ids(dataset)), n_folds)
     if problem:
         raise ConfigError(f"config: dataset {dataset['name']!r}, n_folds={n_folds}: {problem}")
+    problem = support_choices_problem((cfg.get("evaluate") or {}).get("supports", 1), len(case_ids(dataset)), n_folds)
+    if problem:
+        raise ConfigError(f"config: evaluate.supports: {problem}")
     if cfg["model"].get("pretrained") is not None and not cfg["model"]["pretrained"]:
         raise ConfigError("config: model.pretrained is empty; use null for random init")
     return cfg
+
+
+def support_choices_problem(supports, n_cases: int, n_folds: int) -> str | None:
+    """Why ``evaluate.supports`` cannot be met by every fold (the scans outside the
+    largest test block of ``fsmis.data.splits``), or None."""
+    from fsmis.data.splits import largest_test_block
+
+    if supports == "all":
+        return None
+    eligible = n_cases - largest_test_block(n_cases, n_folds)
+    if int(supports) > eligible:
+        return (f"{supports} support scans asked, but with {n_cases} cases in {n_folds} folds a fold has only "
+                f"{eligible} scans outside its test block; use at most {eligible} or \"all\"")
+    return None
 
 
 def source_grid_predictions(cfg: Mapping[str, Any], source_kind: str) -> bool:

@@ -257,11 +257,16 @@ class Metrics:
     support_by_class: Mapping[str, str] = field(default_factory=dict)  # differs under missing_support: next_scan
     support_missing: tuple[str, ...] = ()  # classes no scan could support: not evaluated
     groups: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # label group -> its classes
+    seed: int = 0  # the training seed of the evaluated model (config `seeds`)
+    # the support scans evaluated, in order of choice (evaluate.supports); the first is
+    # `support`, the published protocol's, which the protocol summaries are from
+    supports: tuple[str, ...] = ()
 
     def to_json(self) -> dict:
-        # the order the evaluate stage has always written
-        return {"method": self.method, "setting": self.setting, "fold": self.fold, "dataset": self.dataset,
-                "support": self.support, "support_by_class": dict(self.support_by_class),
+        # the order the evaluate stage has always written, then the later fields
+        return {"method": self.method, "setting": self.setting, "fold": self.fold, "seed": self.seed,
+                "dataset": self.dataset, "supports": list(self.supports), "support": self.support,
+                "support_by_class": dict(self.support_by_class),
                 "support_missing": list(self.support_missing),
                 "groups": {g: list(classes) for g, classes in self.groups.items()},
                 "protocols": {p: r.to_json() for p, r in self.protocols.items()}}
@@ -291,6 +296,8 @@ class Metrics:
             support_by_class={str(k): check.string(v, f"support_by_class.{k}") for k, v in by_class.items()},
             support_missing=check.strings(data.get("support_missing") or [], "support_missing"),
             groups={str(g): check.strings(c, f"groups.{g}") for g, c in groups.items()},
+            seed=check.integer(data.get("seed", 0), "seed", minimum=0),
+            supports=check.strings(data.get("supports") or ([] if support is None else [support]), "supports"),
         )
 
     @classmethod

@@ -45,7 +45,7 @@ import torch
 
 from fsmis import metrics as M
 from fsmis.data.episodes import tile3
-from fsmis.models.prototypes import foreground, resize_mask
+from fsmis.models.prototypes import foreground
 from fsmis.precision import amp_dtype, autocast_encoder
 from fsmis.protocols import PROTOCOLS, extent, query_plan, support_slices
 
@@ -103,7 +103,8 @@ class ModelPredictor:
         out = []
         for z in slices:
             fg = torch.from_numpy((support.label[z] == cid).astype(np.float32))[None].to(self.device)
-            out.append(self.model.support_state(feats[z], resize_mask(fg, feats[z].shape[-2:])))
+            # the method sees the image-size mask (DSPNet's seed_mask: strided reads it)
+            out.append(self.model.support_from_mask(feats[z], fg))
             self.support_states += 1
         return out
 
@@ -134,21 +135,23 @@ class MaskTransferPredictor:
 SUPPORT_MISSING = "support_missing"
 
 
-def evaluate_scans(predictor, support: Scan | dict, queries: list[Scan], classes: dict[str, int],
+def evaluate_scans(predictor, support: Scan | dict | list, queries: list[Scan], classes: dict[str, int],
                    protocols=("oracle",), n_parts: int = 3, nsd_tolerance_mm: float = 2.0):
     """Segment every query scan for every class under each protocol.
 
     ``support``: the support scan of every class, or ``{class name: Scan}`` when classes
-    take their support from different scans (``evaluate.missing_support: next_scan``).
-    A class absent from its support scan cannot be segmented: its rows are flagged
-    ``support_missing`` (NaN, left out of means) and logged, and the other classes are
-    evaluated as usual.
+    take their support from different scans (``evaluate.missing_support: next_scan``),
+    or a list of those: the support choices of ``evaluate.supports`` (choice 0 first,
+    the published protocol's). A class absent from its support scan cannot be
+    segmented: its rows are flagged ``support_missing`` (NaN, left out of means) and
+    logged, and the other classes are evaluated as usual.
 
-    Returns ``(rows, predictions)``: one metrics row per (protocol, query, class), with
-    the support case used, and ``predictions[protocol][case]``, a label volume of the
-    predictions (later classes overwrite earlier ones where two predictions overlap;
-    metrics use the unmerged masks). Each query slice is encoded once for all classes
-    and protocols.
+    Returns ``(rows, predictions)``: one metrics row per (protocol, query, class, support
+    choice), with the support case used and the choice's index (``support_choice``), and
+    ``predictions[protocol][case]``, a label volume of the predictions of choice 0
+    (later classes overwrite earlier ones where two predictions overlap; metrics use
+    the unmerged masks). Each query slice is encoded once for all classes, protocols
+    and support choices.
 
     Scoring: Dice etc. over the whole 3D scan from the masks (``fsmis.metrics``). Under
     ``oracle`` the prediction is zero outside the class's extent, and so is the
@@ -160,40 +163,48 @@ def evaluate_scans(predictor, support: Scan | dict, queries: list[Scan], classes
     for protocol in protocols:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
-    supports = support if isinstance(support, dict) else {name: support for name in classes}
-    states = {}
-    for name, cid in classes.items():
-        scan = supports[name]
-        if extent(scan.label, cid) is None:
-            log.warning("class %s (id %d) is absent from support scan %s: not evaluated (flag %s)",
-                        name, cid, scan.case, SUPPORT_MISSING)
-            continue
-        states[name] = predictor.states(scan, cid, support_slices(scan.label, cid, n_parts))
-    live = {name: cid for name, cid in classes.items() if name in states}
+    choices = support if isinstance(support, list) else [support]
+    if not choices:
+        raise ValueError("no support scan given")
+    choices = [c if isinstance(c, dict) else {name: c for name in classes} for c in choices]
+    states = []  # per choice: {class: support states}
+    for supports in choices:
+        states.append({})
+        for name, cid in classes.items():
+            scan = supports[name]
+            if extent(scan.label, cid) is None:
+                log.warning("class %s (id %d) is absent from support scan %s: not evaluated (flag %s)",
+                            name, cid, scan.case, SUPPORT_MISSING)
+                continue
+            states[-1][name] = predictor.states(scan, cid, support_slices(scan.label, cid, n_parts))
+    live = {name for per_choice in states for name in per_choice}
     rows, predictions = [], {protocol: {} for protocol in protocols}
     for q in queries:
         plans = {(protocol, name): query_plan(protocol, q.label, cid, n_parts)
-                 for protocol in protocols for name, cid in live.items()}
+                 for protocol in protocols for name, cid in classes.items() if name in live}
         needed = {z for plan in plans.values() if plan for zs in plan.values() for z in zs}
         qfeats = predictor.encode_query(q, needed)
         for protocol in protocols:
-            merged = np.zeros(q.label.shape, dtype=np.uint8)
-            for name, cid in classes.items():
-                base = {"protocol": protocol, "case": q.case, "class": name, "support": supports[name].case}
-                # nothing to segment: no support for the class, or (oracle) no class in this scan
-                plan = plans[protocol, name] if name in live else None
-                if plan is None:
-                    rows.append({**base, "flag": "empty_reference" if name in live else SUPPORT_MISSING,
-                                 "dice": float("nan"), "iou": float("nan"), "slices_scored": 0})
-                    continue
-                ref = q.label == cid
-                pred = np.zeros_like(ref)
-                for part, zs in plan.items():
-                    pred[zs] = predictor.predict(qfeats, zs, states[name][part], ref.shape[1:])
-                merged[pred] = cid
-                m = M.case_metrics(pred, ref, q.spacing_zyx, nsd_tolerance_mm)
-                rows.append({**base, "slices_scored": sum(len(zs) for zs in plan.values()), **m})
-            predictions[protocol][q.case] = merged
+            for k, (supports, choice_states) in enumerate(zip(choices, states)):
+                merged = np.zeros(q.label.shape, dtype=np.uint8)
+                for name, cid in classes.items():
+                    base = {"protocol": protocol, "case": q.case, "class": name, "support_choice": k,
+                            "support": supports[name].case}
+                    # nothing to segment: no support for the class, or (oracle) no class in this scan
+                    plan = plans[protocol, name] if name in choice_states else None
+                    if plan is None:
+                        rows.append({**base, "flag": "empty_reference" if name in choice_states else SUPPORT_MISSING,
+                                     "dice": float("nan"), "iou": float("nan"), "slices_scored": 0})
+                        continue
+                    ref = q.label == cid
+                    pred = np.zeros_like(ref)
+                    for part, zs in plan.items():
+                        pred[zs] = predictor.predict(qfeats, zs, choice_states[name][part], ref.shape[1:])
+                    merged[pred] = cid
+                    m = M.case_metrics(pred, ref, q.spacing_zyx, nsd_tolerance_mm)
+                    rows.append({**base, "slices_scored": sum(len(zs) for zs in plan.values()), **m})
+                if k == 0:
+                    predictions[protocol][q.case] = merged
     return rows, predictions
 
 

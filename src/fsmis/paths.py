@@ -38,13 +38,14 @@ WILDCARDS = {
     "method": r"[A-Za-z0-9_]+",
     "setting": "|".join(re.escape(s) for s in sorted(SETTINGS, key=len, reverse=True)),
     "fold": r"\d+",
+    "seed": r"\d+",  # a training seed (config `seeds`)
     "group": r"[A-Za-z0-9_+]+",  # "all" or label classes joined by "+" (fsmis.settings)
     "protocol": "|".join(PROTOCOLS),
     "file": r"[^/]+",  # a Zenodo file name
     "archive": r"[^/]+",  # the folder an archive is unpacked into
     "weights": r"[A-Za-z0-9_]+",  # a key of fsmis.data.weights.KNOWN
     "config_hash": r"[A-Za-z0-9_]+",
-    "name": r"[a-z_]+",  # report table/figure name
+    "name": r"[a-z][a-z0-9_]*",  # report table/figure name (hd95, ...)
     "ext": r"[a-z]+",
 }
 
@@ -84,7 +85,8 @@ _DEFS: dict[str, tuple[str | None, str, dict]] = {
     "report_slice": ("report_dir", "{name}_setting{setting}_{protocol}.{ext}", {}),
     # once per experiment: dice_per_fold.csv, qualitative.png, training_curves.png, ...
     "report_file": ("report_dir", "{name}.{ext}", {}),
-    "fold_dir": ("experiment_dir", "{method}/setting{setting}/fold{fold}", {}),
+    # one training seed of one fold (config `seeds`: the seed is a factor of the tree)
+    "fold_dir": ("experiment_dir", "{method}/setting{setting}/seed{seed}/fold{fold}", {}),
     "metrics": ("fold_dir", "metrics.json", {}),
     "per_case": ("fold_dir", "per_case.tsv", {}),
     "predictions": ("fold_dir", "predictions", {}),
@@ -117,8 +119,8 @@ _JOBS = {
     "classmap": "{ds}",
     "superpixels": "{ds}/{case}",
     "splits": "{exp}",
-    "train": "{exp}/{method}/setting{setting}/fold{fold}/{group}",
-    "evaluate": "{exp}/{method}/setting{setting}/fold{fold}",
+    "train": "{exp}/{method}/setting{setting}/seed{seed}/fold{fold}/{group}",
+    "evaluate": "{exp}/{method}/setting{setting}/seed{seed}/fold{fold}",
     "report": "{exp}",
 }
 _BENCHMARKED = ("generate_phantom", "preprocess", "superpixels", "train", "evaluate")
@@ -299,10 +301,11 @@ def prediction(predictions_dir: str | os.PathLike, case: str, protocol: str, sou
 
 
 def train_label(path: str | os.PathLike) -> str:
-    """The label of a training run in figures, ``"<method> setting<s> fold<k> <group>"``,
+    """The label of a training run in figures, ``"<method> setting<s> seed<n> fold<k> <group>"``,
     read from its ``train_log`` (or ``model``) path."""
     for kind in ("train_log", "model"):
         found = match(kind, path)
         if found is not None:
-            return f"{found['method']} setting{found['setting']} fold{found['fold']} {found['group']}"
+            return (f"{found['method']} setting{found['setting']} seed{found['seed']} fold{found['fold']} "
+                    f"{found['group']}")
     raise ValueError(f"{os.fspath(path)}: not a train_log or model path of the result tree")

@@ -141,6 +141,8 @@ DYNAMIC_CASES = SOURCE_KIND == "zenodo" and ADAPTERS.cases_known_after_unpack(co
 # "auto" = on for a user's local folder, whose raw images the user will overlay them on.
 SOURCE_GRID = CONFIG.source_grid_predictions(config, SOURCE_KIND)
 FOLDS = config["folds"]
+# training seeds, a factor of the result tree (config `seeds`, default [seed])
+SEEDS = config["seeds"]
 SETTINGS = config["settings"]
 METHODS = config["methods"]
 BASELINES = config["baselines"]
@@ -170,6 +172,7 @@ wildcard_constraints:
     method="[A-Za-z0-9_]+",
     setting="|".join(re.escape(s) for s in fsmis_module("fsmis.settings").SETTINGS),
     fold=r"\d+",
+    seed="|".join(str(s) for s in SEEDS),
     file="|".join(re.escape(f) for f in DOWNLOADS) or "(?!)",
     archive="|".join(re.escape(a) for a in UNPACKED) or "(?!)",
     group="|".join(re.escape(g) for groups in GROUPS.values() for g in groups),
@@ -255,9 +258,9 @@ def evaluate_gpu(wildcards):
 
 
 def fold_outputs(pattern, methods):
-    """`pattern` for every method x setting x fold (x label group of the setting, when
-    the pattern has {group}) this config runs; {exp} stays a wildcard (filled from the
-    job that asks)."""
+    """`pattern` for every method x setting x seed x fold (x label group of the setting,
+    when the pattern has {group}) this config runs; {exp} stays a wildcard (filled from
+    the job that asks)."""
     return [
         path
         for setting in SETTINGS
@@ -265,6 +268,7 @@ def fold_outputs(pattern, methods):
             pattern,
             method=methods,
             setting=setting,
+            seed=SEEDS,
             fold=FOLDS,
             group=list(GROUPS[setting]),
             allow_missing=True,

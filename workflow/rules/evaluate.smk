@@ -1,4 +1,5 @@
-# Evaluation of one method/baseline x setting x fold under the configured protocols.
+# Evaluation of one method/baseline x setting x seed x fold under the configured
+# protocols, with evaluate.supports support scans per fold (no retraining).
 
 
 rule evaluate:
@@ -35,7 +36,7 @@ rule evaluate:
     params:
         # what evaluation reads, and so all the job is given (the job script builds its
         # config from these params alone)
-        seed=lookup(dpath="seed", within=config),
+        seed=lambda wildcards: int(wildcards.seed),
         evaluate=lookup(dpath="evaluate", within=config),
         model=lookup(dpath="model", within=config),
         dataset=lookup(dpath="dataset", within=config),

@@ -21,7 +21,14 @@ rule report:
         published=SRC_DIR / "fsmis" / "published_results.csv",
     output:
         tables=report_items("dice", "csv", caption="../report/dice_table.rst", category="Dice tables"),
-        markdown=report_slices("dice", "md"),
+        markdown=report_slices("dice", "md", "tex"),
+        # IoU, HD95 (mm) and NSD in the Dice table's layout, from the per-case rows
+        iou=report_items("iou", "csv", caption="../report/metric_table.rst", category="IoU, HD95, NSD tables"),
+        hd95=report_items("hd95", "csv", caption="../report/metric_table.rst", category="IoU, HD95, NSD tables"),
+        nsd=report_items("nsd", "csv", caption="../report/metric_table.rst", category="IoU, HD95, NSD tables"),
+        metric_text=report_slices("iou", "md", "tex")
+        + report_slices("hd95", "md", "tex")
+        + report_slices("nsd", "md", "tex"),
         paper=report_items("paper", "csv", caption="../report/paper_table.rst", category="Paper tables"),
         paper_text=report_slices("paper", "md", "tex"),
         stats=report_items(
@@ -31,6 +38,22 @@ rule report:
             category="Spread and paired tests",
         ),
         stats_markdown=report_slices("stats", "md"),
+        # the spread over folds, support choices (evaluate.supports) and seeds (seeds)
+        spread=report_items(
+            "spread",
+            "csv",
+            caption="../report/spread.rst",
+            category="Spread and paired tests",
+        ),
+        spread_markdown=report_slices("spread", "md"),
+        # published numbers beside ours, with the protocol key of each side
+        reproduction=report_items(
+            "reproduction",
+            "csv",
+            caption="../report/reproduction.rst",
+            category="Paper tables",
+        ),
+        reproduction_text=report_slices("reproduction", "md", "tex"),
         bars=report_items("dice_bars", "png", caption="../report/dice_bars.rst", category="Dice figures"),
         qualitative_slices=report_items(
             "qualitative",
@@ -62,5 +85,8 @@ rule report:
         methods=lookup(dpath="methods", within=config),
         baselines=lookup(dpath="baselines", within=config),
         report=lookup(dpath="report", within=config),
+        # the protocol key of the reproduction table
+        n_folds=lookup(dpath="n_folds", within=config),
+        seeds=lookup(dpath="seeds", within=config),
     script:
         "../scripts/report.py"

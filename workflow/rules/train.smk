@@ -1,4 +1,4 @@
-# Training, one job per method x setting x fold x label group (the group is "all" except
+# Training, one job per method x setting x seed x fold x label group (the group is "all" except
 # in setting 2, which trains one model per label group: fsmis.settings). The `untrained` baseline runs the same
 # rule with 0 steps. The library writes resumable `checkpoint.pt` files beside model.pt;
 # they are deliberately not declared, so Snakemake never deletes them when it removes the
@@ -37,7 +37,9 @@ rule train:
     params:
         # What training reads, and so all the job is given (the job script builds its
         # config from these params alone); a change reruns the job.
-        seed=lookup(dpath="seed", within=config),
+        # the seed of this model: the {seed} wildcard (config `seeds`), so adding a seed
+        # trains only the new one
+        seed=lambda wildcards: int(wildcards.seed),
         model=lookup(dpath="model", within=config),
         train=lookup(dpath="train", within=config),
         method_params=method_params,

@@ -12,7 +12,9 @@ reporting.report(
     per_case_paths=strs(snakemake.input.per_case),
     prediction_dirs=strs(snakemake.input.predictions),
     train_logs=strs(snakemake.input.train_logs),
-    config=declared_config(snakemake.params, "dataset", "evaluate", "settings", "methods", "baselines", "report"),
+    config=declared_config(
+        snakemake.params, "dataset", "evaluate", "settings", "methods", "baselines", "report", "n_folds", "seeds"
+    ),
     images=by_case(snakemake.params.cases, snakemake.input.images),
     labels=by_case(snakemake.params.cases, snakemake.input.labels),
     splits_json=one(snakemake.input.splits),

@@ -25,9 +25,30 @@ def natural_key(case: str) -> list:
     return [int(t) if i % 2 else t for i, t in enumerate(re.split(r"(\d+)", str(case)))]
 
 
+def largest_test_block(n_cases: int, n_folds: int) -> int:
+    """Cases in the largest test block (remainders go to the first blocks)."""
+    return -(-n_cases // n_folds)
+
+
 def _feasible(n_cases: int, n_folds: int) -> bool:
-    largest_block = -(-n_cases // n_folds)
-    return n_folds >= 2 and n_cases >= n_folds and n_cases - largest_block >= 2
+    return n_folds >= 2 and n_cases >= n_folds and n_cases - largest_test_block(n_cases, n_folds) >= 2
+
+
+def support_choices(test, support: str, cases, n: int | str) -> list[str]:
+    """The support scans of one fold under ``evaluate.supports: n``, in order of choice:
+    the fold's ``support`` (the published protocol's), then the scans after it in natural
+    order, wrapping, that are not ``test`` scans of the fold; ``n = "all"``: every such
+    scan. Raises ValueError when the fold has fewer than ``n`` eligible scans."""
+    ordered = sorted({str(c) for c in cases} | {str(support)}, key=natural_key)
+    held_out = {str(c) for c in test}
+    start = ordered.index(str(support))
+    eligible = [c for c in ordered[start:] + ordered[:start] if c not in held_out]
+    if n == "all":
+        return eligible
+    if int(n) < 1 or int(n) > len(eligible):
+        raise ValueError(f"evaluate.supports={n}: the fold has {len(eligible)} scan(s) outside its test block "
+                         f"({', '.join(eligible)})")
+    return eligible[:int(n)]
 
 
 def infeasible(n_cases: int, n_folds: int) -> str | None:

@@ -7,6 +7,13 @@ skimage's k = scale/255 makes the merge threshold tiny, so segment size is set b
 ``min_size``), restricted to a body mask (threshold, largest connected component,
 holes filled), 0 outside it.
 
+``body_connectivity`` names the neighbourhood of that component: 8, edge and corner
+neighbours (the default, as the reference's ``skimage.measure.label``, whose default
+connectivity is the full ``ndim``), or 4, edge neighbours only (``scipy.ndimage.label``'s
+default, which fsmis used before the option existed). They differ only where parts of
+the thresholded slice touch at a corner and nowhere along an edge; with 8 such parts
+are one component. On the phantom they give the same masks.
+
 ``min_size`` is defined for a 256x256 slice and scaled by the slice area, so a smaller
 demo slice keeps superpixels of the same size relative to the anatomy; at 256x256 it is
 exactly the reference value.
@@ -29,7 +36,8 @@ from skimage.segmentation import felzenszwalb
 REFERENCE_AREA = 256 * 256
 DEFAULTS = {"scale": 1.0, "sigma": 1.0, "min_size": 400,
             "ct_body_threshold": 1e-4,  # 0..255 scale: above the window's lower bound
-            "mr_body_threshold": 50.0001}
+            "mr_body_threshold": 50.0001,
+            "body_connectivity": 8}  # as the reference; 4: edge neighbours only
 
 
 def compute(image: np.ndarray, modality: str, params: dict, workers: int = 1) -> np.ndarray:
@@ -45,7 +53,7 @@ def compute(image: np.ndarray, modality: str, params: dict, workers: int = 1) ->
         raise ValueError(f"expected a (z, y, x) volume, got shape {image.shape}")
     opts = {"threshold": float(p["ct_body_threshold" if modality == "CT" else "mr_body_threshold"]),
             "scale": float(p["scale"]), "sigma": float(p["sigma"]),
-            "min_size": scaled_min_size(p, image.shape[1:])}
+            "min_size": scaled_min_size(p, image.shape[1:]), "connectivity": int(p["body_connectivity"])}
     workers = max(1, min(int(workers), image.shape[0]))
     if workers == 1:
         return _segment_block(image, opts)
@@ -71,9 +79,16 @@ def scaled_min_size(params: dict, shape) -> int:
     return max(1, int(round(float(params["min_size"]) * shape[0] * shape[1] / REFERENCE_AREA)))
 
 
-def body_mask(slice_: np.ndarray, threshold: float) -> np.ndarray:
-    """Largest connected component above ``threshold``, holes filled; may be empty."""
-    labels, n = ndimage.label(slice_ > threshold)
+CONNECTIVITY = {4: ndimage.generate_binary_structure(2, 1), 8: ndimage.generate_binary_structure(2, 2)}
+
+
+def body_mask(slice_: np.ndarray, threshold: float, connectivity: int = 8) -> np.ndarray:
+    """Largest ``connectivity``-connected (4 or 8) component above ``threshold``,
+    holes filled; may be empty. Of equal components the first in row-major order (the
+    reference's ``argmax`` of the component sizes)."""
+    if connectivity not in CONNECTIVITY:
+        raise ValueError(f"body connectivity must be 4 or 8, got {connectivity!r}")
+    labels, n = ndimage.label(slice_ > threshold, structure=CONNECTIVITY[connectivity])
     if n == 0:
         return np.zeros(slice_.shape, bool)
     sizes = np.bincount(labels.ravel())
@@ -81,8 +96,9 @@ def body_mask(slice_: np.ndarray, threshold: float) -> np.ndarray:
     return ndimage.binary_fill_holes(labels == np.argmax(sizes))
 
 
-def segment_slice(slice_: np.ndarray, threshold: float, scale: float, sigma: float, min_size: int) -> np.ndarray:
-    mask = body_mask(slice_, threshold)
+def segment_slice(slice_: np.ndarray, threshold: float, scale: float, sigma: float, min_size: int,
+                  connectivity: int = 8) -> np.ndarray:
+    mask = body_mask(slice_, threshold, connectivity)
     if not mask.any():
         return np.zeros(slice_.shape, np.int32)
     seg = felzenszwalb(slice_.astype(np.float64), scale=scale, sigma=sigma, min_size=min_size, channel_axis=None)

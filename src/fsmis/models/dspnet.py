@@ -49,10 +49,23 @@ Guessed where both are silent (paper text for Eqs. 3-10 was not retrievable):
     clustering update is differentiable in the features (associations fixed);
     softmax temperatures (``fspa_temperature``, ``bcma_temperature``) are 1, as
     RAN's; BCMA background selection uses the code's threshold.
-  * both: seeds come from the feature-grid mask binarised at 0.5 (the reference
-    nearest-downsamples the image mask by 8); clustering uses the interior cells
-    (mask == 1), as the reference; the foreground switch window is 4 also at test
-    time (as the reference).
+  * both: clustering uses the interior cells (mask == 1), as the reference; the
+    foreground switch window is 4 also at test time (as the reference).
+
+Cluster seeds (``seed_mask``): the seeds and their number come from the support mask
+on the feature grid, the bilinear one every prototype uses, binarised at 0.5
+(``"bilinear"``, ours: seeds, clustered cells and prototypes see one mask). The
+reference nearest-downsamples the image-resolution mask instead (``cv2.resize`` with
+``INTER_NEAREST`` to ``(H-1)//8 + 1`` cells: pixel ``8i`` of every row and column,
+``mask[::8, ::8]``), whose samples sit at the top-left pixel of each 8 x 8 cell, 3.5
+pixels off the centres the bilinear mask samples; ``"strided"`` reproduces it with
+the stride of the feature grid (cell ``i`` takes pixel ``floor(i H / h)``: 8 for the
+papers' trunk, as the reference's constant, 4 for the demo's ``small_cnn``). The
+count differs on about 1 % of phantom organ masks, the seeds on nearly every clustered
+one (docs/methods.md). It needs the image mask, so the support state is then built
+with ``support_from_mask`` (``support_state`` refuses to guess); in the alignment pass
+(clustered in the paper variant only) the seeds come from the query's prediction
+upsampled to the image (bilinear, argmax), as the reference's ``alignLoss``.
 
 Numerical details (ours, not behaviours): RAN clamps each feature norm at
 ``ran_eps`` (the reference adds it to the product of the norms); the clustering
@@ -91,7 +104,9 @@ Reference defects (docs/methods.md, 'DSPNet: known defects') and what we do:
     runs on the input's device, ``cal`` is ``C x C``, several queries per call.
   * no background window above the threshold: ``empty_bg`` as in SSL-ALPNet.
 
-Evaluation calls ``support_state`` once per support slice: seed placement,
+Evaluation builds the support state once per support slice (``support_from_mask``
+from the image mask, which ``seed_mask="strided"`` needs; ``support_state`` from the
+feature-grid mask otherwise): seed placement,
 clustering (code), pooled local prototypes and BCMA (code) happen there; ``score``
 does RAN and what it feeds. The RAN kernel is computed once per training step and
 shared by the alignment pass (the similarity of query to support is its transpose).
@@ -113,6 +128,7 @@ from fsmis.models.dsr_blocks import (
     fspa_code,
     fspa_paper,
     place_seeds,
+    strided_mask,
 )
 from fsmis.models.fewshot import EmptyPrototypeSet, FewShotSegmenter
 from fsmis.models.params import EmptyBg, LocalPooling, MethodParams, cosine_scale, empty_bg, group, param
@@ -154,6 +170,10 @@ class DSPNetParams(MethodParams):
     seed_count: Literal["exact", "nonzero"] = param("exact", """"exact" counts the cluster seeds placed (ours);
         "nonzero" counts them as the reference does, from the nonzero coordinates, which loses seeds on row or
         column 0.""")
+    seed_mask: Literal["bilinear", "strided"] = param("bilinear", """Mask the cluster seeds and their number come
+        from: "bilinear", the support mask on the feature grid (bilinear, as the prototypes use it) binarised at 0.5
+        (ours); "strided", the image-resolution mask sampled at every s-th pixel of each row and column (nearest
+        neighbour, s = image size / feature grid size: 8 for the papers' trunk), as the reference.""")
     fspa_temperature: float = param(1.0, "Multiplier of FSPA's attention logits before the softmax (1 in the code; "
                                          "the paper gives none).", gt=0)
     alpha_fg: float = param(0.2, """BCMA strength (the paper's beta) for the code variant's foreground local
@@ -190,11 +210,30 @@ class DSPNet(FewShotSegmenter):
         return self.params.pooling.window(self.training)
 
     # -- support-only work ------------------------------------------------------------
-    def support_state(self, feats, fg, cluster=True):
+    def support_from_mask(self, feats, mask):
+        """As the base class; with ``seed_mask="strided"`` the seeds come from the
+        image-resolution ``mask [1,H,W]`` sampled on the feature grid."""
+        return self.support_state(feats, P.resize_mask(mask, feats.shape[-2:]),
+                                  seeds_from=self._strided_seeds(mask, feats.shape[-2:]))
+
+    def _strided_seeds(self, mask, grid):
+        """The cells seeds may take, from an image-resolution mask: ``[h, w]`` bool, or
+        ``None`` when the seeds come from the feature-grid mask (``seed_mask="bilinear"``)."""
+        if self.params.seed_mask != "strided" or not self.params.fspa:
+            return None
+        return strided_mask(mask, grid) >= SEED_LEVEL
+
+    def support_state(self, feats, fg, cluster=True, seeds_from=None):
         """``feats [1,C,h,w]``, ``fg [1,1,h,w]``; ``cluster=False`` skips FSPA's
-        clustering (the code variant's alignment pass)."""
+        clustering (the code variant's alignment pass). ``seeds_from [h, w]`` (bool):
+        the cells the cluster seeds are placed in (``None``: ``fg >= 0.5``); required
+        with ``seed_mask="strided"``, where ``support_from_mask`` makes it."""
+        clustered = self.params.fspa and cluster
+        if clustered and seeds_from is None and self.params.seed_mask == "strided":
+            raise ValueError('seed_mask="strided" needs the image-resolution support mask: build the support '
+                             "state with support_from_mask(feats, mask)")
         state = {"feats": feats, "mask": fg, "mask_sum": fg.sum(), "window": self.window,
-                 "plan": self._cluster_plan(fg) if (self.params.fspa and cluster) else None}
+                 "plan": self._cluster_plan(fg, seeds_from) if clustered else None}
         if self.params.variant == "code":
             self._code_support(state)
         else:
@@ -204,9 +243,11 @@ class DSPNet(FewShotSegmenter):
                 state["protos"] = self._paper_prototypes(feats, state)
         return state
 
-    def _cluster_plan(self, fg):
-        """Seeds and clustered cells, or ``None`` (fewer than ``min_clusters``)."""
-        binary = fg[0, 0] >= SEED_LEVEL
+    def _cluster_plan(self, fg, seeds_from=None):
+        """Seeds and clustered cells, or ``None`` (fewer than ``min_clusters``).
+        ``seeds_from``: the binary mask seeds are counted and placed in (default
+        ``fg >= 0.5``); the clustered cells are ``fg``'s interior either way."""
+        binary = fg[0, 0] >= SEED_LEVEL if seeds_from is None else seeds_from.bool()
         n = cluster_count(int(binary.sum()), self.params.avg_cluster_area, self.params.max_clusters)
         if n < self.params.min_clusters:
             return None
@@ -335,7 +376,7 @@ class DSPNet(FewShotSegmenter):
         size = qry_img.shape[-2:]
         feats = self.encode(torch.cat([sup_img, qry_img]))
         sup_f, qry_f = feats[:1], feats[1:]
-        state = self.support_state(sup_f, P.resize_mask(sup_fg, feats.shape[-2:]))
+        state = self.support_from_mask(sup_f, sup_fg)
         kernel = self._kernel(sup_f, qry_f)
         scores = self._score(qry_f, state, kernel)
         logits = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
@@ -347,9 +388,16 @@ class DSPNet(FewShotSegmenter):
     def alignment_loss(self, scores, qry_f, sup_f, sup_fg, kernel=None):
         """PANet alignment as the base class, except: the code variant's FSPA uses
         MAP-attention here (no clustering, as the reference's ``alignLoss``), and the
-        RAN kernel of the main pass is reused transposed (query as support)."""
+        RAN kernel of the main pass is reused transposed (query as support). With
+        ``seed_mask="strided"`` the seeds come from the prediction at the image size
+        (bilinear upsampling, argmax), as the reference's ``alignLoss``."""
         pred_fg = P.foreground(scores[:1]).float()
-        state = self.support_state(qry_f[:1], pred_fg, cluster=self.params.variant == "paper")
+        cluster = self.params.variant == "paper"
+        seeds_from = None
+        if cluster and self.params.seed_mask == "strided":
+            full = F.interpolate(scores[:1], size=sup_fg.shape[-2:], mode="bilinear", align_corners=False)
+            seeds_from = self._strided_seeds(P.foreground(full).float(), scores.shape[-2:])
+        state = self.support_state(qry_f[:1], pred_fg, cluster=cluster, seeds_from=seeds_from)
         if kernel is None or kernel.batch != 1:
             kernel = self._kernel(qry_f[:1], sup_f)
         else:  # cos(query_j, support_i) is the main kernel transposed

@@ -1,10 +1,10 @@
 """The rest of DSPNet's detail self-refining (DSR) block, beside RAN
 (``fsmis.models.resemblance``):
 
-- foreground seed placement (:func:`cluster_count`, :func:`place_seeds`), the
-  feature + position soft clustering (:func:`cluster_centres`) and FSPA's fusion of
-  the cluster prototypes as the code (:func:`fspa_code`) and the paper
-  (:func:`fspa_paper`) compute it;
+- foreground seed placement (:func:`strided_mask`, :func:`cluster_count`,
+  :func:`place_seeds`), the feature + position soft clustering
+  (:func:`cluster_centres`) and FSPA's fusion of the cluster prototypes as the code
+  (:func:`fspa_code`) and the paper (:func:`fspa_paper`) compute it;
 - the channel-structural attention of BCMA (:class:`ChannelAttention`), whose
   learnable channel weights live in a ``[C, C]`` parameter built once.
 
@@ -29,6 +29,21 @@ def cluster_count(area: int, avg_area: float, max_clusters: int) -> int:
     """Number of foreground clusters: ``min(round(area / avg_area), max_clusters)``
     with half-to-even rounding, as numpy's ``round`` in the reference."""
     return int(min(round(area / avg_area), max_clusters))
+
+
+def strided_mask(mask: torch.Tensor, size) -> torch.Tensor:
+    """One image-resolution mask (``[H, W]`` with any leading 1s) sampled on an
+    ``h x w`` grid by nearest neighbour: cell ``(i, j)`` takes pixel
+    ``(floor(i H / h), floor(j W / w))``, integer arithmetic. When ``H = s h`` that is
+    ``mask[::s, ::s]``: the reference's ``cv2.resize(..., INTER_NEAREST)`` of the image
+    mask to the feature grid (its ``down_stride`` 8 is its trunk's output stride).
+    Returns ``[h, w]`` in the mask's dtype."""
+    full_h, full_w = mask.shape[-2:]
+    plane = mask.reshape(full_h, full_w)
+    h, w = int(size[0]), int(size[1])
+    rows = torch.arange(h, device=mask.device) * full_h // h
+    cols = torch.arange(w, device=mask.device) * full_w // w
+    return plane[rows[:, None], cols[None, :]]
 
 
 def place_seeds(mask: torch.Tensor, n: int) -> torch.Tensor:

@@ -46,6 +46,10 @@ class FewShotSegmenter(nn.Module):
     - ``alignment_loss`` and ``forward``: override to change the alignment pass or to
       share work between the main and the alignment pass.
     - ``support_state`` may raise :class:`EmptyPrototypeSet` to have the episode skipped.
+    - ``support_from_mask``: the support state from the features and the
+      image-resolution mask; by default ``support_state`` of the mask resized to the
+      feature grid. Override when the support side needs the full-resolution mask
+      (DSPNet's ``seed_mask: strided``). ``prepare_support`` and ``forward`` call it.
     """
 
     Params: ClassVar[type[MethodParams]] = MethodParams
@@ -75,6 +79,11 @@ class FewShotSegmenter(nn.Module):
         """Support-only work. ``feats [1,C,h,w]``, ``fg [1,1,h,w]`` on the feature grid."""
         raise NotImplementedError
 
+    def support_from_mask(self, feats: torch.Tensor, mask: torch.Tensor):
+        """Support state from ``feats [1,C,h,w]`` and the image-resolution mask
+        ``[1,H,W]``: ``support_state`` of the mask resized to the feature grid."""
+        return self.support_state(feats, P.resize_mask(mask, feats.shape[-2:]))
+
     def score(self, query_feats: torch.Tensor, state) -> torch.Tensor:
         """``[B,C,h,w]`` query features -> ``[B,2,h,w]`` (background, foreground) scores."""
         raise NotImplementedError
@@ -85,8 +94,7 @@ class FewShotSegmenter(nn.Module):
 
     def prepare_support(self, sup_img: torch.Tensor, sup_fg: torch.Tensor):
         """Encode one support slice ``[1,3,H,W]`` with its mask ``[1,H,W]`` -> state."""
-        feats = self.encode(sup_img)
-        return self.support_state(feats, P.resize_mask(sup_fg, feats.shape[-2:]))
+        return self.support_from_mask(self.encode(sup_img), sup_fg)
 
     # -- training ---------------------------------------------------------------
     def forward(self, sup_img: torch.Tensor, sup_fg: torch.Tensor, qry_img: torch.Tensor):
@@ -98,8 +106,7 @@ class FewShotSegmenter(nn.Module):
         size = qry_img.shape[-2:]
         feats = self.encode(torch.cat([sup_img, qry_img]))
         sup_f, qry_f = feats[:1], feats[1:]
-        sup_m = P.resize_mask(sup_fg, feats.shape[-2:])
-        scores = self.score(qry_f, self.support_state(sup_f, sup_m))
+        scores = self.score(qry_f, self.support_from_mask(sup_f, sup_fg))
         logits = F.interpolate(scores, size=size, mode="bilinear", align_corners=False)
         losses = {}
         if self.training and self.align:

@@ -11,6 +11,8 @@ the numbers out like the papers' tables. Modules, by what they do:
 - ``stats``: spread over folds and over scans, paired Wilcoxon tests;
 - ``published``: the papers' numbers and which of our results each stands beside;
 - ``paper_tables``: our numbers beside the published ones (Markdown, CSV, LaTeX);
+- ``spread``: how far each number moves over folds, support choices and seeds;
+- ``reproduction``: every published number beside ours, with each side's protocol key;
 - ``figures``: Dice bars, qualitative overlays, training curves, placeholders;
 - ``build``: :func:`build_report`, every file of the report directory.
 

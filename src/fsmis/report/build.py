@@ -20,13 +20,25 @@ import pandas as pd
 
 from fsmis import paths
 from fsmis.io import atomic_path
-from fsmis.report import paper_tables, stats
+from fsmis.report import paper_tables, reproduction, spread, stats
 from fsmis.report.figures import bar_figure, curve_figure, placeholder_figure, qualitative_figure
 from fsmis.report.published import load_published
 from fsmis.report.results import collect, percent_per_fold, read_cases
-from fsmis.report.tables import dice_table, support_missing_note, write_csv, write_tables, write_text
+from fsmis.report.tables import (
+    dice_table,
+    flag_note,
+    metric_notes,
+    metric_table,
+    seed_note,
+    support_missing_note,
+    write_csv,
+    write_metric_tables,
+    write_text,
+)
 
 PROTOCOL_ORDER = ["oracle", "full"]
+# the per-case metrics tabulated beside Dice (fsmis.report.tables.METRICS)
+OTHER_METRICS = ("iou", "hd95", "nsd")
 
 
 def _protocol_key(protocol: str) -> tuple:
@@ -59,31 +71,63 @@ def _missing_slice(out_dir: Path, setting: str, protocol: str) -> list[str]:
     """Every file of a configured setting/protocol without results says so, rather than
     the job failing on a missing output or an old file staying behind."""
     text = f"No results for setting {setting}, {protocol} protocol: no metrics.json holds it."
-    files = [("dice", "md"), ("dice", "csv"), ("stats", "md"), ("stats", "csv"),
-             ("paper", "md"), ("paper", "csv"), ("paper", "tex")]
-    content = {"md": text + "\n", "csv": "method\n", "tex": f"% {text}\n"}
-    written = [write_text(_slice_file(out_dir, name, setting, protocol, ext), content[ext]) for name, ext in files]
+    written = []
+    for name in ("dice", *OTHER_METRICS, "paper", "reproduction"):
+        written += _say(out_dir, _slice_stem(name, setting, protocol), text)
+    content = {"md": text + "\n", "csv": "method\n"}
+    written += [write_text(_slice_file(out_dir, name, setting, protocol, ext), content[ext])
+                for name in ("stats", "spread") for ext in ("md", "csv")]
     written += placeholder_figure(_slice_file(out_dir, "dice_bars", setting, protocol, "png"), text.strip())
     return written
 
 
 def _slice_report(part: pd.DataFrame, cases: pd.DataFrame, published: pd.DataFrame, out_dir: Path, dataset: str,
-                  setting: str, protocol: str, class_order: list[str], method_order, reference: str) -> list[str]:
-    """Dice table, statistics, paper table and bars of one setting and protocol with results."""
+                  setting: str, protocol: str, class_order: list[str], method_order, reference: str,
+                  factors: Mapping) -> list[str]:
+    """Metric tables, statistics, spread, paper and reproduction tables and bars of one
+    setting and protocol with results."""
+    tolerance = factors.get("nsd_tolerance_mm")
     table = dice_table(part, class_order, method_order)
     notes = [n for n in [support_missing_note(part)] if n]
-    written = write_tables(table, out_dir, _slice_stem("dice", setting, protocol), notes=notes)
-    _, per_fold = percent_per_fold(part, class_order)
     in_slice = cases[(cases["setting"] == setting) & (cases["protocol"] == protocol)]
+    dice_notes = notes + [n for n in (flag_note(in_slice, "dice"), seed_note(part)) if n]
+    written = write_metric_tables(table, out_dir, _slice_stem("dice", setting, protocol), "dice", dice_notes)
+    extra = {}
+    for metric in OTHER_METRICS:
+        stem = _slice_stem(metric, setting, protocol)
+        if in_slice.empty:  # only folds without per_case.tsv: nothing but Dice is known
+            written += _say(out_dir, stem, f"No per-case results for setting {setting}, {protocol} protocol: "
+                                           f"{metric} needs the per_case.tsv files.")
+            continue
+        extra[metric] = metric_table(in_slice, class_order, method_order, metric)
+        written += write_metric_tables(extra[metric], out_dir, stem, metric, metric_notes(in_slice, metric),
+                                       tolerance_mm=tolerance)
+    _, per_fold = percent_per_fold(part, class_order)
     summary = stats.summary_table(per_fold, in_slice, class_order, list(table.index), reference)
     written += stats.write_summary(summary, out_dir, _slice_stem("stats", setting, protocol), reference)
+    written += spread.write_spread(spread.spread_table(in_slice, class_order, list(table.index)), out_dir,
+                                   _slice_stem("spread", setting, protocol))
     paper = paper_tables.paper_table(table, published, dataset, setting, class_order, protocol,
-                                     stats.tests_of(summary), reference)
+                                     stats.tests_of(summary), reference,
+                                     extra={m: extra[m] for m in ("hd95", "nsd") if m in extra},
+                                     nsd_tolerance_mm=tolerance)
     paper.notes += notes
     written += paper_tables.write(paper, out_dir, _slice_stem("paper", setting, protocol))
+    key = reproduction.our_protocol_key(setting, protocol, supports=factors.get("supports", 1),
+                                        seeds=factors.get("seeds", 1),
+                                        folds=reproduction.partition_folds(factors.get("n_folds", 5)))
+    repro = reproduction.reproduction_table(part, published, dataset, setting, protocol, class_order, key,
+                                            method_order)
+    written += reproduction.write(repro, out_dir, _slice_stem("reproduction", setting, protocol))
     written += bar_figure(part, class_order, method_order, _slice_file(out_dir, "dice_bars", setting, protocol, "png"),
                           title=f"setting {setting}, {protocol} protocol")
     return written
+
+
+def _say(out_dir: Path, stem: str, text: str) -> list[str]:
+    """``<stem>.md/.csv/.tex`` that say ``text`` instead of a table."""
+    return [write_text(out_dir / f"{stem}.md", text + "\n"), write_text(out_dir / f"{stem}.csv", "method\n"),
+            write_text(out_dir / f"{stem}.tex", f"% {text}\n")]
 
 
 def _qualitative_or_note(panels, path: Path, method_order) -> list[str]:
@@ -106,17 +150,26 @@ def build_report(
     reference: str = "ssl_alpnet",
     slices: Sequence[tuple[str, str]] | None = None,
     per_case_paths: Sequence[str | os.PathLike] | None = None,
+    factors: Mapping | None = None,
 ) -> list[str]:
     """Write every table and figure of an experiment into ``out_dir``; return the paths.
 
     Per setting and protocol (``<stem>`` = ``setting<setting>_<protocol>``; every pair of
     ``slices``, then any other the metrics hold):
 
-    - ``dice_<stem>.csv/.md``: our Dice, mean ± std over folds (``tables.dice_table``);
+    - ``dice_<stem>.csv/.md/.tex``: our Dice, mean ± std over folds (``tables.dice_table``);
+    - ``iou_<stem>``, ``hd95_<stem>``, ``nsd_<stem>`` (``.csv/.md/.tex``): the same for
+      IoU, HD95 (mm) and NSD from the per-case rows (``tables.metric_table``), with the
+      empty-mask flags counted in the notes;
     - ``stats_<stem>.csv/.md``: spread over folds and over scans, paired Wilcoxon test
       against ``reference`` per organ and for the mean (``stats``);
     - ``paper_<stem>.md/.csv/.tex``: the paper-style table, published numbers beside
-      ours with the difference and the p-value (``paper_tables``);
+      ours with the difference and the p-value, and our HD95 and NSD, which no paper
+      reports (``paper_tables``);
+    - ``spread_<stem>.csv/.md``: the spread over folds, support choices and seeds
+      (``spread``);
+    - ``reproduction_<stem>.md/.csv/.tex``: every method with a published number, ours
+      beside it, and the protocol key of each (``reproduction``);
     - ``dice_bars_<stem>.png/.pdf``; ``qualitative_<stem>.png/.pdf`` when
       ``qualitative_panels`` maps (setting, protocol) to panels.
 
@@ -126,14 +179,17 @@ def build_report(
     a figure with nothing to draw says so. A configured slice without results gets
     files that say so. ``published``: a DataFrame or CSV path (default: the shipped CSV).
     ``per_case_paths``: the ``per_case.tsv`` of each metrics file, in its order (default:
-    the one beside it; ``results.read_cases``). File names: ``fsmis.paths``.
+    the one beside it; ``results.read_cases``). ``factors``: ``n_folds``, ``supports``
+    (evaluate.supports) and ``seeds`` (how many) of the experiment, for the protocol key
+    of the reproduction table, and ``nsd_tolerance_mm`` for the NSD captions. File names: ``fsmis.paths``.
     """
     out_dir = Path(out_dir)
     metrics_paths = [Path(p) for p in metrics_paths]
     long_df = collect(metrics_paths)
     cases = read_cases(metrics_paths, per_case_paths)
     if not isinstance(published, pd.DataFrame):
-        published = load_published(published)
+        # every transcription: the tables show the chosen one and note the others
+        published = load_published(published, alternatives=True)
     dataset = dataset or next((d for d in long_df["dataset"] if d), "unknown")
     class_order = list(class_order or []) or list(dict.fromkeys(long_df["class"]))
     written = [write_csv(frame, _file(out_dir, name, "csv"), index=False)
@@ -146,7 +202,7 @@ def build_report(
             written += _missing_slice(out_dir, setting, protocol)
         else:
             written += _slice_report(part, cases, published, out_dir, dataset, setting, protocol, class_order,
-                                     method_order, reference)
+                                     method_order, reference, factors or {})
         if panels_by_slice is not None:
             written += _qualitative_or_note(panels_by_slice.get((setting, protocol)),
                                             _slice_file(out_dir, "qualitative", setting, protocol, "png"),

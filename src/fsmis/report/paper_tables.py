@@ -7,8 +7,12 @@ numbers only), so the table reads like the papers'. What is ours: each column ho
 ours (mean ± sample std over folds), the published value and ours - published, in
 percent and percentage points; a last column holds the p-value of the paired test
 against the reference method (``stats``); the notes say which published row stands
-for which of ours (``published``) and where a comparison is loose. Written as
-Markdown, CSV (numbers only) and LaTeX (booktabs).
+for which of ours (``published``) and where a comparison is loose. Also ours: on
+request (``paper_table(..., extra=...)``) one column per further metric that no
+paper in ``published_results.csv`` reports (HD95 in mm, NSD in percent; headed e.g.
+"HD95 (mm, ours)"), holding our mean over organs, mean ± std over folds, "–" on
+published-only rows, with a note saying so. Written as Markdown, CSV (numbers only)
+and LaTeX (booktabs).
 """
 
 from __future__ import annotations
@@ -24,7 +28,17 @@ import pandas as pd
 from fsmis.report.published import DATASET_LABELS, match, published_dataset, rows_for
 from fsmis.report.results import MEAN
 from fsmis.report.stats import MIN_PAIRS
-from fsmis.report.tables import cell, missing, pipe_table, signed, write_csv, write_text
+from fsmis.report.tables import (
+    cell,
+    latex_escape,
+    metric_of,
+    missing,
+    pipe_table,
+    pretty,
+    signed,
+    write_csv,
+    write_text,
+)
 
 UNVERIFIED = "‡"
 
@@ -34,7 +48,10 @@ class PaperTable:
     """One dataset, setting and protocol. ``data``: index = row label (method), columns
     ``<col>_ours``, ``<col>_ours_std``, ``<col>_published``, ``<col>_diff`` per column
     of ``columns`` (organs then ``mean``), plus n_folds, p_value, p_label, kind
-    ("ours"/"published"), published_as, source_ref (1-based index into ``sources``)."""
+    ("ours"/"published"), published_as, source_ref (1-based index into ``sources``);
+    per further metric of ``extras`` (``(metric, header)``, e.g. ``("hd95", "HD95 (mm,
+    ours)")``) ``<metric>_ours`` and ``<metric>_ours_std``: our mean over organs, mean
+    and std over folds (NaN on published-only rows)."""
 
     data: pd.DataFrame
     columns: list[str]
@@ -44,6 +61,7 @@ class PaperTable:
     sources: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     unverified: set[str] = field(default_factory=set)  # published ids marked UNVERIFIED
+    extras: list[tuple[str, str]] = field(default_factory=list)  # (metric, header) of our further metrics
 
 
 def _generated(dataset: str) -> bool:
@@ -98,11 +116,17 @@ def paper_table(
     protocol: str = "oracle",
     tests: Mapping[tuple[str, str], object] | None = None,
     reference: str = "ssl_alpnet",
+    *,
+    extra: Mapping[str, pd.DataFrame] | None = None,
+    nsd_tolerance_mm: float | None = None,
 ) -> PaperTable:
     """Build the table from ``fold_table`` (``tables.dice_table``: our Dice in percent,
     ``(column, mean|std)`` and ``n_folds``) and the published numbers
     (``published.load_published``). ``tests``: ``{(method, column): PairedTest}``
-    (only the ``mean`` column's is shown)."""
+    (only the ``mean`` column's is shown). ``extra``: ``{metric: tables.metric_table}``
+    of further metrics of ``tables.METRICS`` (not ``dice``), in column order, e.g.
+    ``{"hd95": ..., "nsd": ...}``: one column each with the ``mean`` column's mean ± std
+    over folds, for our rows; ``nsd_tolerance_mm`` goes into the note on them."""
     columns = list(class_order) + [MEAN]
     comparable = rows_for(published, dataset, setting)
     available = list(dict.fromkeys(comparable["method"]))
@@ -153,8 +177,37 @@ def paper_table(
         + f"; p: two-sided paired Wilcoxon signed-rank test of per-scan mean Dice against {reference}."
     )
     notes = _notes(published, comparable, data, dataset, setting, protocol, reference)
+    extras = _add_extras(data, extra or {})
+    if extras:
+        caption += f" {' and '.join(header for _, header in extras)}: no published numbers, see the notes."
+        notes.append(_extras_note([name for name, _ in extras], nsd_tolerance_mm))
     unverified = set(comparable.loc[~comparable["verified"].astype(bool), "method"])
-    return PaperTable(data, columns, caption, bool(available), reference, sources, notes, unverified)
+    return PaperTable(data, columns, caption, bool(available), reference, sources, notes, unverified, extras)
+
+
+def _add_extras(data: pd.DataFrame, extra: Mapping[str, pd.DataFrame]) -> list[tuple[str, str]]:
+    """Our further metrics into ``data`` (``<metric>_ours``, ``<metric>_ours_std``: the
+    mean over organs, mean and std over folds); their ``(metric, header)``."""
+    extras = []
+    for name, table in extra.items():
+        spec = metric_of(name)
+        if name == "dice":
+            raise ValueError("extra: Dice is the table's own metric; give further metrics (e.g. hd95, nsd)")
+        ours = [table.loc[m, (MEAN, "mean")] if m in table.index and kind == "ours" else math.nan
+                for m, kind in zip(data.index, data["kind"])]
+        spread = [table.loc[m, (MEAN, "std")] if m in table.index and kind == "ours" else math.nan
+                  for m, kind in zip(data.index, data["kind"])]
+        data[f"{name}_ours"], data[f"{name}_ours_std"] = ours, spread
+        extras.append((name, f"{spec.label} ({spec.unit}, ours)"))
+    return extras
+
+
+def _extras_note(names: list[str], tolerance_mm: float | None) -> str:
+    """The note on the further metrics: ours only, how they are summarised."""
+    described = " and ".join(metric_of(name).described(tolerance_mm) for name in names)
+    return (f"{described}: ours only, no paper in published_results.csv reports them; per method the mean over "
+            "organs of each fold (each organ's value the mean over the fold's test scans and seeds), mean ± "
+            "standard deviation over folds.")
 
 
 # --------------------------------------------------------------------------- text
@@ -169,7 +222,8 @@ def _label(table: PaperTable, method: str) -> str:
 
 def text_cells(table: PaperTable, decimals: int = 2) -> pd.DataFrame:
     """The table as text, one column per (column, part): part "ours", and with published
-    numbers also "pub." and "Δ"; then "p". Index: row labels with source references."""
+    numbers also "pub." and "Δ"; then one per further metric, (header, "extra"); then
+    "p". Index: row labels with source references."""
     cells = {}
     for col in table.columns:
         d = table.data
@@ -177,14 +231,13 @@ def text_cells(table: PaperTable, decimals: int = 2) -> pd.DataFrame:
         if table.has_published:
             cells[(col, "pub.")] = [cell(x, None, decimals) for x in d[f"{col}_published"]]
             cells[(col, "Δ")] = [signed(x, decimals) for x in d[f"{col}_diff"]]
+    for name, header in table.extras:
+        d = table.data
+        cells[(header, "extra")] = [cell(m, s, decimals) for m, s in zip(d[f"{name}_ours"], d[f"{name}_ours_std"])]
     cells[("p", "")] = list(table.data["p_label"])
     view = pd.DataFrame(cells, index=[_label(table, m) for m in table.data.index])
     view.index.name = "method"
     return view
-
-
-def _pretty(col: str) -> str:
-    return "Mean" if col == MEAN else col.replace("_", " ")
 
 
 def _footer(table: PaperTable) -> list[str]:
@@ -193,7 +246,8 @@ def _footer(table: PaperTable) -> list[str]:
 
 def to_markdown(table: PaperTable, decimals: int = 2) -> str:
     view = text_cells(table, decimals)
-    header = ["method"] + [_pretty(c) if part == "ours" else part for c, part in view.columns[:-1]]
+    header = ["method"] + [pretty(c) if part == "ours" else c if part == "extra" else part
+                           for c, part in view.columns[:-1]]
     header.append(f"p vs {table.reference}")
     body = pipe_table(header, ([i, *row] for i, row in zip(view.index, view.values)))
     footer = "\n".join(f"- {line}" for line in _footer(table))
@@ -206,17 +260,8 @@ def to_csv_frame(table: PaperTable) -> pd.DataFrame:
     data["source"] = [table.sources[int(r) - 1] if not missing(r) else "" for r in data["source_ref"]]
     keep = [c for col in table.columns for c in (f"{col}_ours", f"{col}_ours_std", f"{col}_published",
                                                  f"{col}_diff")]
+    keep += [c for name, _ in table.extras for c in (f"{name}_ours", f"{name}_ours_std")]
     return data[["kind", "n_folds"] + keep + ["p_value", "p_label", "published_as", "source"]]
-
-
-_LATEX = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_", "{": r"\{",
-          "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}", "±": r"$\pm$", "Δ": r"$\Delta$",
-          "−": r"$-$", "–": "--", "‡": r"$^\ddagger$", "§": r"\S{}", "<": r"$<$", ">": r"$>$"}
-
-
-def latex_escape(text) -> str:
-    """Text safe inside a LaTeX table (special characters and the few symbols we use)."""
-    return "".join(_LATEX.get(ch, ch) for ch in str(text))
 
 
 def to_latex(table: PaperTable, decimals: int = 2, label: str | None = None) -> str:
@@ -224,14 +269,17 @@ def to_latex(table: PaperTable, decimals: int = 2, label: str | None = None) -> 
     view = text_cells(table, decimals)
     per = 3 if table.has_published else 1
     spec = "l" + "r" * len(view.columns)
+    extras = "".join(f" & {latex_escape(header)}" for _, header in table.extras)
     head = []
     if table.has_published:
-        groups = " & ".join(rf"\multicolumn{{3}}{{c}}{{{latex_escape(_pretty(c))}}}" for c in table.columns)
+        groups = " & ".join(rf"\multicolumn{{3}}{{c}}{{{latex_escape(pretty(c))}}}" for c in table.columns)
         rules = "".join(rf"\cmidrule(lr){{{2 + per * i}-{1 + per * (i + 1)}}}" for i in range(len(table.columns)))
-        head += [f" & {groups} & \\\\", rules,
-                 "Method & " + " & ".join(["Ours & Pub. & $\\Delta$"] * len(table.columns)) + " & $p$ \\\\"]
+        head += [f" & {groups}{' &' * len(table.extras)} & \\\\", rules,
+                 "Method & " + " & ".join(["Ours & Pub. & $\\Delta$"] * len(table.columns)) + extras
+                 + " & $p$ \\\\"]
     else:
-        head.append("Method & " + " & ".join(latex_escape(_pretty(c)) for c in table.columns) + " & $p$ \\\\")
+        head.append("Method & " + " & ".join(latex_escape(pretty(c)) for c in table.columns) + extras
+                    + " & $p$ \\\\")
     body, previous = [], None
     for (name, row), kind in zip(view.iterrows(), table.data["kind"]):
         if previous is not None and kind != previous:

@@ -28,7 +28,14 @@ under each table:
   approximation beyond), two-sided, not adjusted for multiple comparisons;
 * the ``mean`` column tests per-scan means: per (fold, case) the average of d over the
   classes paired there, so the unit stays the scan (organs of one scan are not
-  independent observations).
+  independent observations);
+* with several training seeds (config ``seeds``) pairs are matched within a seed and d
+  is averaged over the seeds of each (fold, case, class): every seed is used and the
+  unit stays the scan (the seeds of one scan are not independent observations either);
+* only the published protocol's support choice (``support_choice`` 0) is tested; the
+  other choices are the subject of ``spread``.
+
+The spread over scans likewise averages each scan's Dice over seeds first.
 
 The per-case rows come from ``results.read_cases``.
 """
@@ -44,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fsmis.report.results import CASE_COLUMNS, MEAN
+from fsmis.report.results import MEAN
 from fsmis.report.tables import cell, missing, pipe_table, signed, write_csv, write_text
 
 MIN_PAIRS = 6
@@ -113,12 +120,25 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> PairedTest:
 # --------------------------------------------------------------------------- summaries
 
 
+def published_choice(cases: pd.DataFrame) -> pd.DataFrame:
+    """The rows of the published protocol's support scan (``support_choice`` 0; every
+    row of a table without that column)."""
+    return cases[cases["support_choice"] == 0] if "support_choice" in cases else cases
+
+
+def over_seeds(cases: pd.DataFrame) -> pd.DataFrame:
+    """One row per (method, setting, protocol, fold, case, class): the Dice averaged
+    over the training seeds (NaN skipped), of the published support choice."""
+    keys = ["method", "setting", "protocol", "fold", "case", "class"]
+    return published_choice(cases).groupby(keys, sort=False)["dice"].mean().reset_index()
+
+
 def case_means(cases: pd.DataFrame) -> pd.DataFrame:
     """One row per (method, setting, protocol, fold, case) with class ``mean``: the
     average of the scan's defined Dice values (NaN when it has none)."""
     keys = ["method", "setting", "protocol", "fold", "case"]
     means = cases.groupby(keys, sort=False)["dice"].mean().reset_index()  # mean skips NaN
-    return means.assign(**{"class": MEAN, "flag": ""})[CASE_COLUMNS]
+    return means.assign(**{"class": MEAN})
 
 
 def fold_summary(per_fold: pd.DataFrame) -> pd.DataFrame:
@@ -137,7 +157,9 @@ def case_summary(cases: pd.DataFrame) -> pd.DataFrame:
     """Mean, sample std and count over scans per (method, class), ``mean`` class included.
 
     Returns a long frame: method, class, case_mean, case_std, n_cases (defined Dice only).
+    Several seeds: each scan's Dice is averaged over them first (:func:`over_seeds`).
     """
+    cases = over_seeds(cases) if len(cases) else cases
     both = pd.concat([cases, case_means(cases)], ignore_index=True) if len(cases) else cases
     grouped = both.groupby(["method", "class"], sort=False)["dice"]
     out = pd.DataFrame({"case_mean": grouped.mean(), "case_std": grouped.std(ddof=1), "n_cases": grouped.count()})
@@ -154,7 +176,10 @@ def paired_tests(
     methods = list(dict.fromkeys(cases["method"]))
     classes = list(class_order) + [MEAN]
     out: dict[tuple[str, str], PairedTest] = {}
-    ref = cases[cases["method"] == reference].set_index(KEYS)["dice"]
+    cases = published_choice(cases)
+    # pairs are matched within a seed, then averaged over seeds (module docstring)
+    keys = [*KEYS, "seed"] if "seed" in cases else KEYS
+    ref = cases[cases["method"] == reference].set_index(keys)["dice"]
     for method in methods:
         if method == reference:
             for name in classes:
@@ -164,8 +189,10 @@ def paired_tests(
             for name in classes:
                 out[(method, name)] = not_tested(f"reference {reference} has no per-case results")
             continue
-        ours = cases[cases["method"] == method].set_index(KEYS)["dice"]
+        ours = cases[cases["method"] == method].set_index(keys)["dice"]
         pairs = pd.concat({"x": ours, "y": ref}, axis=1, join="inner").dropna()
+        if len(keys) > len(KEYS):
+            pairs = pairs.groupby(level=KEYS).mean()
         for name in class_order:
             part = pairs.xs(name, level="class") if name in pairs.index.get_level_values("class") else pairs.iloc[:0]
             out[(method, name)] = wilcoxon_paired(part["x"], part["y"])

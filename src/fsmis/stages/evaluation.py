@@ -16,6 +16,7 @@ import numpy as np
 
 from fsmis import io, paths
 from fsmis.contracts import ClassMap, Metrics, ModelMeta, Splits
+from fsmis.data.splits import support_choices
 from fsmis.labels import class_id
 from fsmis.stages.jobs import case_file, groups_of, job, read_array, set_threads
 
@@ -38,8 +39,9 @@ def _load_scan(case, image_path, label_path, modality, stats, need_image=True):
     return Scan(case, image, label, (sz, sy, sx)), lab_img
 
 
-def supports_by_class(split, classmap: dict, names, policy: str = "flag") -> dict[str, str]:
-    """``{class: support case}`` of one fold: the fold's support scan, except under
+def supports_by_class(split, classmap: dict, names, policy: str = "flag", support: str | None = None) -> dict[str, str]:
+    """``{class: support case}`` of one fold: the fold's support scan (or ``support``, a
+    further support choice of ``evaluate.supports``), except under
     ``evaluate.missing_support: next_scan`` for a class that scan lacks, which takes the
     next eligible scan (``fsmis.protocols.next_support``; logged). Under ``flag`` a
     lacking class keeps the fold's support and is flagged by the evaluation. ``split``:
@@ -52,10 +54,11 @@ def supports_by_class(split, classmap: dict, names, policy: str = "flag") -> dic
     if policy not in ("flag", "next_scan"):
         raise ValueError(f"evaluate.missing_support must be flag or next_scan, got {policy!r}")
     if isinstance(split, Fold):
-        test, support, train = list(split.test), split.support, list(split.train)
+        test, fold_support, train = list(split.test), split.support, list(split.train)
     else:
-        test, support, train = list(split["test"]), split["support"], list(split["train"])
-    ordered = sorted({*train, support, *test}, key=natural_key)
+        test, fold_support, train = list(split["test"]), split["support"], list(split["train"])
+    ordered = sorted({*train, fold_support, *test}, key=natural_key)
+    support = support or fold_support
     out = {}
     for name in names:
         case, slices = support, classmap.get(name, {})
@@ -113,13 +116,21 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
         raise ValueError(f"setting {setting} needs models for groups {list(groups)}, got {list(models)}")
     if source_grid and (cases_tsv is None or canonical is None):
         raise ValueError("source_grid needs cases_tsv and the canonical images")
-    support_of = supports_by_class(split, ClassMap.read(classmap_json).slices, names,
-                                   config["evaluate"].get("missing_support", "flag"))
-    modalities = adapters.case_modalities(config["dataset"], sorted({*support_of.values(), *test_cases}))
-    params = {"method": method, "setting": setting, "fold": fold, "protocols": protocols, "n_parts": n_parts,
-              "groups": groups, "support": split.support, "test_cases": test_cases}
+    # the support choices of evaluate.supports, the published protocol's first
+    choices = support_choices(split.test, split.support, [*split.train, split.support, *split.test],
+                              config["evaluate"].get("supports", 1))
+    slices = ClassMap.read(classmap_json).slices
+    policy = config["evaluate"].get("missing_support", "flag")
+    supports_of = [supports_by_class(split, slices, names, policy, support=c) for c in choices]
+    support_of = supports_of[0]
+    needed = {c for by_class in supports_of for c in by_class.values()} | set(test_cases)
+    modalities = adapters.case_modalities(config["dataset"], sorted(needed))
+    seed = int(config.get("seed", 0))
+    params = {"method": method, "setting": setting, "fold": fold, "seed": seed, "protocols": protocols,
+              "n_parts": n_parts, "groups": groups, "support": split.support, "supports": choices,
+              "test_cases": test_cases}
     with job("evaluate", tracking, params) as run:
-        run.set_tags({"setting": setting, "protocols": ",".join(protocols)})
+        run.set_tags({"setting": setting, "protocols": ",".join(protocols), "seed": str(seed)})
         t0 = time.perf_counter()
         rows, merged = [], {p: {} for p in protocols}
         geometry, loaded = {}, {}
@@ -138,7 +149,7 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
             if key not in loaded:
                 loaded[key] = {c: _load_scan(c, case_file(images, c, "image"), case_file(labels, c, "label"),
                                              modalities[c], stats, need_image) for c in modalities}
-            support = {name: loaded[key][support_of[name]][0] for name in classes}
+            support = [{name: loaded[key][by_class[name]][0] for name in classes} for by_class in supports_of]
             queries = [loaded[key][c][0] for c in test_cases]
             geometry.update({c: loaded[key][c][1] for c in test_cases})
             group_rows, preds = evaluator.evaluate_scans(
@@ -164,16 +175,22 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
                                       paths.prediction(pred_dir, case, protocol, source_grid=True))
         table = pd.DataFrame(rows)
         io.write_tsv(table, per_case_out)
-        summaries = {p: evaluator.summarize([r for r in rows if r["protocol"] == p], names) for p in protocols}
+        # the protocol summaries are the published protocol's: support choice 0
+        summaries = {p: evaluator.summarize([r for r in rows if r["protocol"] == p and r["support_choice"] == 0],
+                                            names) for p in protocols}
         missing = sorted(set().union(*(summary["support_missing"] for summary in summaries.values())))
-        result = {"method": method, "setting": setting, "fold": int(fold), "dataset": config["dataset"]["name"],
-                  "support": split.support, "support_by_class": support_of, "support_missing": missing,
-                  "groups": groups, "protocols": summaries}
+        result = {"method": method, "setting": setting, "fold": int(fold), "seed": seed,
+                  "dataset": config["dataset"]["name"], "support": split.support, "supports": choices,
+                  "support_by_class": support_of, "support_missing": missing, "groups": groups,
+                  "protocols": summaries}
         Metrics.from_json(result, metrics_out).write(metrics_out)
         logged = {"eval_seconds": time.perf_counter() - t0}
         for p, summary in summaries.items():
             logged[f"{p}/mean_dice"] = summary["mean_dice"]
             logged.update({f"{p}/dice_{k}": v for k, v in summary["dice"].items()})
+            for k in range(1, len(choices)):  # the further support choices, for comparison in MLflow
+                other = evaluator.summarize([r for r in rows if r["protocol"] == p and r["support_choice"] == k], names)
+                logged[f"{p}/mean_dice_support{k}"] = other["mean_dice"]
         run.log_metrics({k: v for k, v in logged.items() if not np.isnan(v)})
         run.log_artifact(metrics_out)
         for p, summary in summaries.items():

@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 def _qualitative_panels(metrics_paths, prediction_dirs, config, images: dict[str, str], labels: dict[str, str],
                         splits_json, setting=None, protocol="oracle", cache: dict | None = None) -> list[dict]:
     """One panel per class for one setting and protocol: the first query scan of the
-    lowest evaluated fold, at the middle slice of the class's extent, with the support
+    lowest evaluated fold (its lowest seed), at the middle slice of the class's extent, with the support
     slice of that chunk and every method's prediction there. ``prediction_dirs[i]`` is
     the ``predictions`` folder of the evaluation that wrote ``metrics_paths[i]``; a
     prediction is read under its name there (``fsmis.paths.prediction``).
@@ -41,9 +41,11 @@ def _qualitative_panels(metrics_paths, prediction_dirs, config, images: dict[str
     n_parts = int(config["evaluate"]["n_parts"])
     setting = str(config["settings"][0] if setting is None else setting)
     by_method, support_of = {}, {}
-    for p, pred_dir in _paired(metrics_paths, prediction_dirs, "predictions"):
-        m = Metrics.read(p)
-        if m.setting == setting and protocol in m.protocols:
+    evaluated = [(p, pred_dir, Metrics.read(p)) for p, pred_dir in _paired(metrics_paths, prediction_dirs,
+                                                                           "predictions")]
+    seed = min((m.seed for _, _, m in evaluated), default=0)
+    for _, pred_dir, m in evaluated:
+        if m.setting == setting and protocol in m.protocols and m.seed == seed:
             by_method.setdefault(m.method, {})[m.fold] = pred_dir
             # each class's support scan (another scan than the fold's under missing_support: next_scan)
             support_of.setdefault(m.fold, {}).update(m.support_by_class)
@@ -94,6 +96,15 @@ def _paired(metrics_paths, others, kind: str) -> list[tuple[str, str]]:
     return list(zip(metrics_paths, others))
 
 
+def _factors(config: dict) -> dict:
+    """The experiment's folds, support choices and seeds, for the reproduction table's
+    protocol key, and the NSD tolerance for the captions."""
+    seeds = config.get("seeds") or [config.get("seed", 0)]
+    evaluate = config.get("evaluate", {})
+    return {"n_folds": int(config.get("n_folds", 5)), "supports": evaluate.get("supports", 1),
+            "seeds": len(seeds), "nsd_tolerance_mm": float(evaluate.get("nsd_tolerance_mm", 2.0))}
+
+
 def report(metrics_paths: list[str], per_case_paths: list[str], prediction_dirs: list[str], train_logs: list[str],
            config: dict, images: dict[str, str], labels: dict[str, str], splits_json: str, out_dir: str,
            tracking: dict, published_csv: str | None = None) -> None:
@@ -119,7 +130,7 @@ def report(metrics_paths: list[str], per_case_paths: list[str], prediction_dirs:
         logs = {}
         for p in train_logs:
             df = pd.read_csv(p, sep="\t")
-            if len(df):  # label: "<method> setting<s> fold<k> <label group>"
+            if len(df):  # label: "<method> setting<s> seed<n> fold<k> <label group>"
                 logs[paths.train_label(p)] = df
         volumes: dict = {}  # read each scan once for all settings and protocols
         panels = {(s, p): _qualitative_panels(metrics_paths, prediction_dirs, config, images, labels, splits_json,
@@ -129,7 +140,7 @@ def report(metrics_paths: list[str], per_case_paths: list[str], prediction_dirs:
         written = report.build_report(metrics_paths, out_dir, facts["classes"], method_order,
                                       qualitative_panels=panels, train_logs=logs, dataset=config["dataset"]["name"],
                                       published=published_csv, reference=reference, slices=slices,
-                                      per_case_paths=per_case)
+                                      per_case_paths=per_case, factors=_factors(config))
         for p in written:
             if str(p).endswith((".png", ".md", ".csv", ".tex")):
                 run.log_artifact(p)
