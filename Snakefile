@@ -19,8 +19,10 @@
 #   logs/{rule}/..., results/benchmarks/{rule}/...
 
 import os
+import sys
 
-from snakemake.utils import min_version, validate
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import min_version
 
 min_version("9.0")
 
@@ -28,9 +30,24 @@ min_version("9.0")
 configfile: "config.yaml"
 
 
-# Fills every missing key with the paper default from the schema, then
-# common.smk checks what the schema cannot express.
-validate(config, "workflow/schemas/config.schema.yaml")
+# The config's schema check (fsmis.config, standard library + jsonschema): the src/
+# tree beside this file when the package is not installed (as fsmis_module in common.smk).
+try:
+    import fsmis.config as fsmis_config
+except ImportError:
+    sys.path.insert(0, os.path.join(workflow.basedir, "src"))
+    import fsmis.config as fsmis_config
+
+# Fills every missing key with the paper default from the schema, as
+# snakemake.utils.validate would, but stops with one line per problem (key path, value,
+# what is allowed; FSMIS_CONFIG_DETAIL=1 adds jsonschema's message). Raised here, not in
+# a function, so Snakemake adds a single location line. Then common.smk checks what the
+# schema cannot express.
+if not workflow.modifier.skip_validation:
+    try:
+        fsmis_config.validate(config, os.path.join(workflow.basedir, "workflow/schemas/config.schema.yaml"))
+    except fsmis_config.ConfigError as err:
+        raise WorkflowError(str(err)) from None
 
 
 report: "workflow/report/workflow.rst"
@@ -58,7 +75,6 @@ localrules:
 # would mark every job outdated on the next invocation. `log` is the list of this
 # invocation's Snakemake log files.
 onstart:
-    check_hand_placed_data()
     tracking = fsmis_tracking()
     tracking.init_store(experiment=EXPERIMENT)
     # Jobs record their runs here; the handlers below store them (fsmis.tracking).
@@ -83,6 +99,8 @@ onsuccess:
             status="FINISHED",
             log_file=first_or_none(log),
         )
+    # last: where the results are and what they say
+    print_run_summary()
 
 
 onerror:

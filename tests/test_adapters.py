@@ -245,6 +245,13 @@ def test_nifti_folder_nnunet_v2(tmp_path):
         adapters.facts({**cfg, "label_map": {"kidney": "left_kidney"}})
     with pytest.raises(ValueError, match="label_map is required"):
         adapters.facts({"name": "nifti_folder", "root": str(root)})
+    # files gone: how many of the expected ones are there, which are missing, where to read
+    (root / "imagesTr" / "liver-1_0000.nii.gz").unlink()
+    with pytest.raises(InputError) as err:
+        m.check_source({**cfg, "cases": None}, root)
+    assert str(err.value).startswith(f"{root}: dataset 'nifti_folder': 5 of 6 expected files are there ")
+    assert "Missing: imagesTr/liver-1_0000.nii.gz (or liver-1.nii.gz)." in str(err.value)
+    assert 'docs/data.md, section "Hand-placed datasets"' in str(err.value)
 
 
 def test_nifti_folder_msd(tmp_path):
@@ -255,6 +262,13 @@ def test_nifti_folder_msd(tmp_path):
     pairs = m.pairs(cfg, root, tmp_path / "work", m.case_ids(cfg))
     assert pairs[0][1].endswith("imagesTr/liver_0.nii.gz")
     assert len(_build("nifti_folder", pairs, tmp_path, cfg)) == 3
+    # the training list names the cases: a label gone is a missing file, counted
+    (root / "labelsTr" / "liver_2.nii.gz").unlink()
+    (root / "imagesTr" / "liver_2.nii.gz").unlink()
+    with pytest.raises(InputError, match=r"4 of 6 expected files are there \(3 cases, image and label each\)\. "
+                                         r"Missing: imagesTr/liver_2_0000\.nii\.gz \(or liver_2\.nii\.gz\), "
+                                         r"labelsTr/liver_2\.nii\.gz\."):
+        m.check_source(cfg, root)
 
 
 # -- registration-only datasets --------------------------------------------------------
@@ -265,15 +279,34 @@ def test_synapse_missing_says_where_from_and_how(tmp_path):
     with pytest.raises(ManualDataMissing) as err:
         m.check_source({"name": "synapse_ct"}, None)
     text = str(err.value)
-    assert "synapse_ct" in text and page in text and "RawData/Training/img/img0001.nii.gz" in text
-    assert "dataset.root is not set" in text
+    assert text.startswith("dataset 'synapse_ct': dataset.root is not set (60 files expected). ")
+    assert page in text and 'docs/datasets.md, section "Synapse / BTCV (Abd-CT)"' in text and "\n" not in text
     (tmp_path / "RawData.zip").write_bytes(b"PK")
     with pytest.raises(ManualDataMissing) as err:
         m.check_source({"name": "synapse_ct"}, tmp_path)
     text = str(err.value)
-    assert "Missing:\n  img0001.nii.gz\n  label0001.nii.gz\n" in text  # the first 10 listed ...
-    assert "and 50 more" in text and "unpack them there" in text  # ... of 60 missing files
-    assert err.value.missing[0] == "img0001.nii.gz" and len(err.value.missing) == 60
+    # one paragraph: how many of the expected files are where, where to read how to place them
+    assert text.startswith(f"dataset 'synapse_ct': 0 of 60 expected files under {tmp_path}. ") and "\n" not in text
+    assert 'README.md, section "Running the paper experiments"' in text
+    assert "Missing: img0001.nii.gz, label0001.nii.gz, img0002.nii.gz, label0002.nii.gz and 56 more." in text
+    assert "unpack them there" in text
+    assert err.value.missing[0] == "img0001.nii.gz" and len(err.value.missing) == 60 and err.value.expected == 60
+    with pytest.raises(ManualDataMissing, match=r"0 of 6 expected files under \S+nowhere \(the folder does not"):
+        m.check_source({"name": "synapse_ct", "cases": 3}, tmp_path / "nowhere")
+    F.synapse_folder(tmp_path / "part", numbers=(1, 2))
+    with pytest.raises(ManualDataMissing, match="'synapse_ct': 4 of 60 expected files under") as err:
+        m.check_source({"name": "synapse_ct"}, tmp_path / "part")
+    assert "Missing: img0003.nii.gz, label0003.nii.gz" in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["synapse_ct", "cmr_bssfp"])
+def test_the_sections_a_missing_dataset_names_exist(name):
+    docs = adapters.get(name).FACTS.source["docs"]
+    path, _, section = docs.partition(", section ")
+    headings = Path(__file__).resolve().parents[1].joinpath(path).read_text(encoding="utf-8").splitlines()
+    assert f"## {section.strip(chr(34))}" in headings
+    readme = Path(__file__).resolve().parents[1].joinpath("README.md").read_text(encoding="utf-8").splitlines()
+    assert "## Running the paper experiments" in readme
 
 
 def test_synapse_pairs_keep_the_fsmis_organs(tmp_path):

@@ -22,6 +22,15 @@ def preset_dry_run(dry_run, tmp_path, name, *extra):
     return dry_run(tmp_path, "--replace-workflow-config", *extra, config=PRESETS / f"{name}.yaml")
 
 
+# The hand-placed datasets of the presets, at their dataset.root (checked when the
+# workflow is parsed, dry-runs included): tiny files with the release's names.
+HAND_PLACED = {
+    "abd-ct": lambda workdir: fake_datasets.synapse_folder(workdir / "resources" / "synapse_ct",
+                                                           numbers=(*range(1, 11), *range(21, 41))),
+    "card-mri": lambda workdir: fake_datasets.cmr_folder(workdir / "resources" / "cmr_bssfp", numbers=range(1, 36)),
+}
+
+
 # methods ssl_alpnet, panet, dspnet, iplsl + baselines untrained (a 0-step model) and
 # mask_transfer (evaluated only): 5 models and 6 evaluated rows per fold and setting.
 # Setting 2 trains one model per label group (2 groups on the abdominal datasets).
@@ -35,6 +44,8 @@ def preset_dry_run(dry_run, tmp_path, name, *extra):
     ],
 )
 def test_preset_dag_from_download_to_report(tmp_path, preset, n_cases, downloads, settings_models, n_settings, dry_run):
+    if preset in HAND_PLACED:
+        HAND_PLACED[preset](tmp_path)
     counts = preset_dry_run(dry_run, tmp_path, preset)
     assert counts.get("download", 0) == downloads
     assert counts.get("unpack", 0) == downloads
@@ -56,21 +67,36 @@ def test_abdomenct1k_full_release_downloads_every_part(tmp_path, dry_run):
     assert counts["train"] == 5 * 5 * 3 and counts["report"] == 1
 
 
-def test_missing_hand_placed_dataset_stops_before_any_job(tmp_path):
+def test_archive_placed_by_hand_is_not_downloaded(tmp_path, dry_run):
+    # the offline way (docs/data.md): the archive at the download rule's output path
+    archive = tmp_path / "resources" / "chaos_mr" / "downloads" / "CHAOS_Train_Sets.zip"
+    archive.parent.mkdir(parents=True)
+    archive.write_bytes(b"PK")
+    counts = preset_dry_run(dry_run, tmp_path, "abd-mri")
+    assert "download" not in counts and counts["unpack"] == 1
+
+
+@pytest.mark.parametrize("mode", [["--dry-run"], []], ids=["dry-run", "run"])
+def test_missing_hand_placed_dataset_stops_before_any_job(tmp_path, mode):
+    root = tmp_path / "empty"
+    root.mkdir()
+    args = ["--cores", "2", "--replace-workflow-config", "--config", f"dataset={{name: synapse_ct, root: {root}}}"]
     start = time.perf_counter()
-    result = run_workflow(
-        tmp_path, "--cores", "2", "--replace-workflow-config",
-        "--config", f"dataset={{name: synapse_ct, root: {tmp_path / 'nowhere'}}}",
-        config=PRESETS / "abd-ct.yaml",
-    )
+    result = run_workflow(tmp_path, *mode, *args, config=PRESETS / "abd-ct.yaml")
     seconds = time.perf_counter() - start
     out = result.stdout + result.stderr
     assert result.returncode != 0
-    assert "synapse" in out.lower() and "https://" in out  # the page to get it from
-    assert "img0001.nii.gz" in out  # the layout expected
-    assert "rule " not in out.split("synapse", 1)[0]  # no job started before the message
+    # one paragraph: how many of the expected files are where, the page, where to read how
+    (line,) = [line for line in out.splitlines() if line.startswith("dataset 'synapse_ct'")]
+    assert line.startswith(f"dataset 'synapse_ct': 0 of 60 expected files under {root}. ")
+    assert "https://www.synapse.org/" in line and 'README.md, section "Running the paper experiments"' in line
+    assert 'docs/datasets.md, section "Synapse / BTCV (Abd-CT)"' in line
+    assert "Job stats" not in out and "rule " not in out  # stopped before any job was planned
     assert not (tmp_path / "resources" / "weights").exists() and not (tmp_path / "results" / "data").exists()
     assert seconds < 60
+    if mode:  # commands that do not read the data still work without it
+        lint = run_workflow(tmp_path, "--lint", *args, config=PRESETS / "abd-ct.yaml")
+        assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 def run_against(server, tmp_path, config: dict, *targets):

@@ -4,13 +4,18 @@ Plain files (``add_file``), fetched with :func:`fetch_verified` directly; what t
 and weights fetchers add on top is tested in test_zenodo.py and test_weights.py.
 """
 
+import errno
 import hashlib
 import logging
 import os
+import socket
+import time
+import urllib.error
 
 import pytest
 
 from fsmis.data import download as core
+from fsmis.data import weights
 from fsmis.data.download import ChecksumError, DownloadError, Transfer, fetch_verified
 from fsmis.errors import InputError
 
@@ -21,6 +26,8 @@ MD5 = hashlib.md5(PAYLOAD).hexdigest()
 SHA = hashlib.sha256(PAYLOAD).hexdigest()
 BAD_MD5 = hashlib.md5(bytes([PAYLOAD[0] ^ 0xFF]) + PAYLOAD[1:]).hexdigest()  # what corrupt() serves
 FAST = Transfer(backoff_s=0.001, timeout_s=5)
+# a reserved top-level domain (RFC 2606): resolution fails at once, network or not
+OFFLINE_URL = f"http://fsmis-offline.invalid/files/{NAME}"
 
 
 @pytest.fixture
@@ -207,3 +214,59 @@ def test_file_name_that_would_escape_is_refused(tmp_path, name):
     with pytest.raises(DownloadError, match="refusing file name"):
         fetch_verified("http://127.0.0.1:9/x", tmp_path / "raw", name, MD5, transfer=FAST)
     assert not (tmp_path / "raw").exists()
+
+
+# -- a network that cannot be reached: no retries, "offline?" and how to place it by hand
+
+def test_unresolvable_host_fails_at_once_saying_offline(tmp_path):
+    start = time.perf_counter()
+    with pytest.raises(DownloadError) as info:  # default retries: 62 s of back-off if retried
+        fetch_verified(OFFLINE_URL, tmp_path, NAME, MD5, transfer=Transfer(by_hand=f"Put it at {tmp_path / NAME}."))
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert message.startswith(f"{NAME} ({OFFLINE_URL}): cannot reach fsmis-offline.invalid (name resolution failed")
+    assert "offline? Put it at" in message and str(tmp_path / NAME) in message and "\n" not in message
+    assert info.value.offline and os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(errno.ENETUNREACH, "Network is unreachable"),
+    urllib.error.URLError(OSError(errno.EHOSTUNREACH, "No route to host")),  # urllib wraps connect errors
+    urllib.error.URLError(socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")),
+], ids=["ENETUNREACH", "EHOSTUNREACH", "EAI_AGAIN"])
+def test_no_route_fails_at_once(tmp_path, monkeypatch, sleeps, failure):
+    calls = []
+
+    def unreachable(url, timeout_s, headers=None):
+        calls.append(url)
+        raise failure
+
+    monkeypatch.setattr(core, "_open", unreachable)
+    url = "https://zenodo.org/api/records/1/files/a.zip/content"
+    with pytest.raises(DownloadError, match=r"cannot reach zenodo\.org \(.*\): offline\? By hand\.$"):
+        fetch_verified(url, tmp_path, NAME, MD5, transfer=Transfer(by_hand="By hand."))
+    with pytest.raises(DownloadError, match=r"^record 1: cannot reach zenodo\.org .*offline\?$"):
+        core.get_json("https://zenodo.org/api/records/1", "record 1", DownloadError, Transfer())
+    assert len(calls) == 2 and sleeps == []  # one attempt each, no back-off
+
+
+def test_refused_connection_is_still_retried(tmp_path, sleeps):
+    # a host that answers "nothing listens here" is reachable: a server restarting
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: connections are refused
+    with pytest.raises(DownloadError, match=r"failed after 3 attempts.*(Connection refused|ConnectionRefused)") as info:
+        fetch_verified(f"http://127.0.0.1:{port}/{NAME}", tmp_path, NAME, MD5,
+                       transfer=Transfer(retries=2, timeout_s=5))
+    assert sleeps == [2.0, 4.0] and not info.value.offline
+
+
+def test_weights_offline_name_the_workflows_path(tmp_path):
+    dest = tmp_path / "resources" / "weights"
+    with pytest.raises(weights.WeightsError) as info:
+        weights.fetch("deeplabv3_resnet101_coco", dest, base_url="http://fsmis-offline.invalid/models")
+    message = str(info.value)
+    assert "cannot reach fsmis-offline.invalid" in message and "offline?" in message
+    # the workflow's model.pretrained file (fsmis.paths "weights"), not the URL's name
+    assert f"put it at {dest / 'deeplabv3_resnet101_coco.pth'} (its sha256 starts with 586e9e4e)" in message
+    assert "http://fsmis-offline.invalid/models/deeplabv3_resnet101_coco-586e9e4e.pth" in message

@@ -145,3 +145,22 @@ def test_bad_raw_input_stops_with_the_file_and_problem_named(run, damage, name, 
     out = result.stdout + result.stderr
     assert result.returncode != 0
     assert name in out and message in out, out[-3000:]
+
+
+def test_html_report_holds_the_tables_and_figures(run):
+    wd, _ = run
+    result = workflow(wd, "--report", "report.html")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    html = (wd / "report.html").read_text(encoding="utf-8", errors="replace")
+    # the declared report items, by name: tables, spread, reproduction, figures
+    for name in ("dice_setting1_oracle.csv", "hd95_setting1_oracle.csv", "spread_setting1_oracle.csv",
+                 "reproduction_setting1_oracle.csv", "dice_bars_setting1_oracle.png", "training_curves.png"):
+        assert name in html, name
+
+
+def test_the_end_of_run_summary_says_where_the_report_is(run):
+    _, first = run
+    output = first.stdout + first.stderr
+    assert "fsmis: experiment tiny finished in" in output
+    assert "results/tiny/report/" in output and "| ssl_alpnet |" in output
+    assert "snakemake --report report.html" in output and "mlflow ui --backend-store-uri" in output

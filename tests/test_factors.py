@@ -100,4 +100,25 @@ def test_forcing_one_seeds_model_reruns_only_that_seed(runs):
     target = "results/tiny/panet/setting1/seed1/fold0/all/model.pt"
     output = workflow(wd, config, "--dry-run", "--forcerun", target)
     assert job_counts(output) == {"train": 1, "evaluate": 1, "report": 1, "all": 1}
-    assert "seed1/fold0" in output and "seed0/fold0" not in output
+    outputs = [line for line in output.splitlines() if line.strip().startswith("output:")]
+    # the jobs that run write seed 1's files (and the report's), never seed 0's
+    assert any("seed1/fold0" in line for line in outputs)
+    assert not any("seed0/fold0" in line for line in outputs)
+
+
+def _list_param_changes(wd, config):
+    (wd / "tiny.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
+    result = run_workflow(wd, "--list-changes", "params", config=wd / "tiny.yaml")
+    assert result.returncode == 0, (result.stdout + result.stderr)[-4000:]
+    return sorted(line for line in result.stdout.splitlines() if line.startswith("results/"))
+
+
+def test_list_changes_params_names_exactly_what_a_config_change_reruns(runs):
+    wd, _, _ = runs
+    config = {**BASE, "evaluate": {"protocols": ["oracle"], "supports": 3}}
+    assert _list_param_changes(wd, config) == []  # nothing changed: nothing listed
+    # more training steps: the two models (and their logs), nothing else
+    changed = _list_param_changes(wd, {**config, "train": {**BASE["train"], "steps": 7}})
+    assert changed == [f"results/tiny/panet/setting1/seed{s}/fold0/all/{name}" for s in (0, 1)
+                       for name in ("model.pt", "train_log.tsv")]
+    _list_param_changes(wd, config)  # leave the config as the other tests expect it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
@@ -188,12 +189,13 @@ def test_build_report_writes_tables_and_figures(tmp_path):
     written = report.build_report(paths, out, CLASSES, ORDER, qualitative_panels=panels, train_logs=logs,
                                   reference="dspnet", slices=[("1", "oracle"), ("2all", "oracle")])
     names = sorted(p.rsplit("/", 1)[1] for p in written)
-    expected = ["dice_per_fold.csv", "dice_per_case.csv", "qualitative.pdf", "qualitative.png",
-                "training_curves.pdf", "training_curves.png"]
+    expected = ["dice_per_fold.csv", "dice_per_case.csv", "qualitative.pdf", "qualitative.png", "qualitative.svg",
+                "training_curves.pdf", "training_curves.png", "training_curves.svg"]
     # configured slices first (2all has no results: files that say so), then the others found
     for stem in ("setting1_oracle", "setting2all_oracle", "setting2_full"):
-        expected += [f"dice_bars_{stem}.pdf", f"dice_bars_{stem}.png", f"stats_{stem}.csv", f"stats_{stem}.md",
-                     f"spread_{stem}.csv", f"spread_{stem}.md", f"qualitative_{stem}.png", f"qualitative_{stem}.pdf"]
+        expected += [f"{figure}_{stem}.{ext}" for figure in ("dice_bars", "qualitative")
+                     for ext in ("png", "pdf", "svg")]
+        expected += [f"stats_{stem}.csv", f"stats_{stem}.md", f"spread_{stem}.csv", f"spread_{stem}.md"]
         expected += [f"{name}_{stem}.{ext}" for name in ("dice", "iou", "hd95", "nsd", "paper", "reproduction")
                      for ext in ("md", "csv", "tex")]
     assert names == sorted(expected)
@@ -203,6 +205,8 @@ def test_build_report_writes_tables_and_figures(tmp_path):
             assert _is_png(path) and (out / path.rsplit("/", 1)[1]).stat().st_size > 5000
         if path.endswith(".pdf"):
             assert open(path, "rb").read(5) == b"%PDF-"
+        if path.endswith(".svg"):
+            assert ET.parse(path).getroot().tag == "{http://www.w3.org/2000/svg}svg"
     assert not [p for p in out.iterdir() if ".tmp" in p.name]  # nothing half-written left
     long_df = pd.read_csv(out / "dice_per_fold.csv")
     assert len(long_df) == 20 and set(long_df["protocol"]) == {"oracle", "full"}
@@ -228,10 +232,10 @@ def test_build_report_writes_tables_and_figures(tmp_path):
 
 def test_figures_without_report(tmp_path):
     long_df = report.collect(_metrics(tmp_path))
-    png, pdf = figures.bar_figure(long_df, CLASSES, ORDER, tmp_path / "bars")
-    assert png.endswith("bars.png") and pdf.endswith("bars.pdf") and _is_png(png)
+    png, pdf, svg = figures.bar_figure(long_df, CLASSES, ORDER, tmp_path / "bars")
+    assert png.endswith("bars.png") and pdf.endswith("bars.pdf") and svg.endswith("bars.svg") and _is_png(png)
     logs = {"a": pd.DataFrame({"step": [0, 1, 2, 3], "loss": [1.0, 0.8, 0.9, 0.5]})}
-    png, _ = figures.curve_figure(logs, tmp_path / "curves.png", smoothing=0.6, log_scale=True)
+    png, _, _ = figures.curve_figure(logs, tmp_path / "curves.png", smoothing=0.6, log_scale=True)
     assert _is_png(png)
     with pytest.raises(ValueError, match="lacks column"):
         figures.curve_figure({"b": pd.DataFrame({"step": [0]})}, tmp_path / "x.png")

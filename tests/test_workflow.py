@@ -89,7 +89,7 @@ def test_mask_transfer_has_no_training_job(tmp_path, snakemake):
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ('settings=["3"]', "'3' is not one of ['1', '2', '2all'"),
+        ('settings=["3"]', "config: `settings[0]`: got '3'; expected one of '1', '2', '2all'"),
         ("folds=[5]", "folds [5] do not exist with n_folds=5"),
         # the schema takes any name; the registry is the one list of datasets
         ("dataset={name: nowhere}", ("config: dataset.name 'nowhere' is not a registered dataset; known: "
@@ -102,6 +102,9 @@ def test_invalid_config_is_rejected_with_a_readable_message(tmp_path, override, 
     assert result.returncode != 0
     assert message in output, output
     assert "Traceback" not in output
+    # Snakemake's "WorkflowError in file ..." line, the message, its location lines; no
+    # schema dump (tests/test_config_errors.py: schema errors take at most 3 lines)
+    assert len([line for line in output.splitlines() if line.strip()]) <= 4, output
 
 
 @pytest.mark.parametrize(("n_cases", "n_folds", "message"), [

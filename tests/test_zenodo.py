@@ -7,6 +7,7 @@ digest rule themselves are tested in test_download.py.
 import hashlib
 import logging
 import os
+import time
 
 import pytest
 from fake_zenodo import FakeZenodo
@@ -117,3 +118,31 @@ def test_file_name_that_would_escape_is_refused(tmp_path):
     with pytest.raises(ZenodoError, match="refusing file name"):
         zenodo.download_file(bad, tmp_path / "raw", **FAST)
     assert not (tmp_path / "evil").exists()
+
+
+OFFLINE_API = "http://fsmis-offline.invalid/api"  # a reserved TLD: never resolves
+
+
+def test_offline_fails_at_once_naming_where_to_put_the_file(tmp_path):
+    dest = tmp_path / "resources" / "chaos_mr" / "downloads"
+    start = time.perf_counter()
+    with pytest.raises(ZenodoError) as info:  # default retries and back-off
+        download(3431873, "CHAOS_Train_Sets.zip", dest, api_base=OFFLINE_API)
+    assert time.perf_counter() - start < 5
+    message = str(info.value)
+    assert message.startswith(f"record 3431873 ({OFFLINE_API}/records/3431873): cannot reach fsmis-offline.invalid")
+    assert "offline?" in message and "\n" not in message
+    assert f"{OFFLINE_API}/records/3431873/files/CHAOS_Train_Sets.zip/content" in message  # where from
+    assert f"put it at {dest / 'CHAOS_Train_Sets.zip'}, which the workflow then unpacks" in message
+
+
+def test_offline_uses_a_copy_verified_earlier(server, tmp_path, caplog):
+    path = download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=server.api_base, **FAST)
+    caplog.set_level(logging.WARNING, logger="fsmis.data.zenodo")
+    assert download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=OFFLINE_API) == path
+    assert "cannot be reached (offline?); using the copies an earlier run verified" in caplog.text
+    # without its sidecar the file is not known to be the record's: no guess
+    (tmp_path / "CHAOS_Train_Sets.zip.md5").unlink()
+    with pytest.raises(ZenodoError, match="offline"):
+        download(3431873, "CHAOS_Train_Sets.zip", tmp_path, api_base=OFFLINE_API)
+    assert path.read_bytes() == PAYLOAD

@@ -12,8 +12,15 @@ reruns after a code or config change replace older results, as the files on disk
 Metric names: a run evaluated under several protocols logs ``<protocol>/<metric>``
 (``<protocol>_<metric>`` and ``<protocol>.<metric>`` are accepted too); a bare
 ``<metric>`` belongs to the protocol in the run's ``protocol`` param (older runs:
-``oracle``). Values are printed as logged (Dice as fractions); mean and sample std
-(ddof=1) over the folds present.
+``oracle``). Mean and sample std (ddof=1) over the folds present.
+
+Units: Dice metrics (``mean_dice``, ``dice_<class>``, ``mean_dice_support<k>``) are
+logged as fractions and shown in percent, as in the report's tables and figures:
+the text output says ``Dice (%)`` in its header line, the markdown and CSV outputs
+name the unit in the value columns (``fold0 (%)`` ... ``mean (%)``, ``std (%)``; ``n``
+is a count). The CSV stays plain numbers (percent, 2 decimals), readable without
+options (no comment lines). Other metrics (``eval_seconds``...) are shown as logged,
+with 4 decimals and no unit label.
 
 The same numbers side by side in the browser:
 ``mlflow ui --backend-store-uri sqlite:///results/mlflow/mlflow.db``, filter
@@ -90,10 +97,26 @@ def newest_runs(runs: pd.DataFrame) -> pd.DataFrame:
     return runs.groupby(["method", "setting", "seed", "fold"], sort=True).tail(1)
 
 
+PERCENT = "%"
+VALUE_COLUMNS = ("mean", "std")  # with the fold<k> columns: in the metric's unit; n is a count
+
+
+def is_dice(metric: str) -> bool:
+    """Whether ``metric`` (without protocol prefix) is a Dice logged as a fraction."""
+    return metric == "mean_dice" or metric.startswith(("dice_", "mean_dice_"))
+
+
+def unit_of(metric: str) -> str | None:
+    """The unit a table of ``metric`` is shown in: ``"%"`` for Dice, else None (as logged)."""
+    return PERCENT if is_dice(metric) else None
+
+
 def compare_table(runs: pd.DataFrame, metric: str = "mean_dice", protocol: str = "oracle",
                   setting: str | None = None) -> pd.DataFrame:
     """Methods (and settings) x ``fold<k>`` columns, then ``mean``, ``std`` and ``n``
     (folds with a value); a fold's value is the mean over its seeds (config `seeds`).
+    Dice metrics in percent (:func:`unit_of`); the unit is in ``table.attrs["unit"]``
+    (None: as logged) and the metric in ``table.attrs["metric"]``.
     ``runs``: :func:`fsmis.tracking.search` rows of evaluate runs."""
     runs = newest_runs(runs)
     if setting is not None:
@@ -101,6 +124,9 @@ def compare_table(runs: pd.DataFrame, metric: str = "mean_dice", protocol: str =
     runs = runs.assign(value=[metric_of(r, metric, protocol) for _, r in runs.iterrows()]).dropna(subset=["value"])
     if runs.empty:
         return pd.DataFrame()
+    unit = unit_of(metric)
+    if unit == PERCENT:
+        runs["value"] = 100.0 * runs["value"]
     wide = runs.pivot_table(index=["method", "setting"], columns="fold", values="value", aggfunc="mean")
     folds = wide.columns
     wide.columns = [f"fold{f}" for f in folds]
@@ -108,15 +134,31 @@ def compare_table(runs: pd.DataFrame, metric: str = "mean_dice", protocol: str =
     wide["mean"], wide["std"], wide["n"] = values.mean(axis=1), values.std(axis=1, ddof=1), values.count(axis=1)
     if wide.index.get_level_values("setting").nunique() == 1:
         wide = wide.droplevel("setting")
+    wide.attrs.update(metric=metric, unit=unit)
     return wide
 
 
-def render(table: pd.DataFrame, fmt: str = "text", decimals: int = 4) -> str:
+def _with_unit(column: str, unit: str | None) -> str:
+    """A value column's name with its unit (``fold0 (%)``); ``n`` and unitless ones as they are."""
+    if unit is None or not (column in VALUE_COLUMNS or column.startswith("fold")):
+        return column
+    return f"{column} ({unit})"
+
+
+def render(table: pd.DataFrame, fmt: str = "text", decimals: int | None = None) -> str:
+    """The table as ``text``, ``markdown`` or ``csv``. ``decimals``: default 2 for
+    percent, 4 for metrics shown as logged. Markdown and CSV name the unit in the value
+    columns (``fold0 (%)``); the text output leaves that to its header line (:func:`header`)."""
+    unit = table.attrs.get("unit")
+    if decimals is None:
+        decimals = 2 if unit == PERCENT else 4
+    labelled = table.rename(columns=lambda c: _with_unit(str(c), unit))
     if fmt == "csv":
-        return table.to_csv(float_format=f"%.{decimals}f")
+        return labelled.to_csv(float_format=f"%.{decimals}f")
     text = table.apply(lambda col: col.map(lambda v: "" if pd.isna(v) else (
         str(int(v)) if col.name == "n" else f"{v:.{decimals}f}")))
     if fmt == "markdown":
+        text.columns = labelled.columns
         names = list(table.index.names)
         head = "| " + " | ".join([*names, *text.columns]) + " |"
         rule = "|" + "|".join([" --- "] * len(names) + [" ---: "] * len(text.columns)) + "|"
@@ -128,12 +170,21 @@ def render(table: pd.DataFrame, fmt: str = "text", decimals: int = 4) -> str:
     return text.to_string() + "\n"
 
 
+def header(metric: str, protocol: str, experiment: str, setting: str | None = None) -> str:
+    """The line above the text table: metric, unit, protocol, setting and what was averaged."""
+    unit = " as Dice (%)" if unit_of(metric) == PERCENT else ""
+    where = f", setting {setting}" if setting else ""
+    return (f"{metric}{unit}, {protocol} protocol{where}; experiment {experiment}; newest finished evaluate "
+            f"run per method/setting/fold; mean and sample std over folds")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fsmis.compare", description=__doc__.split("\n\n")[0])
     parser.add_argument("--experiment", required=True, help="workflow experiment = MLflow experiment name")
     parser.add_argument("--store", help="SQLite file or tracking URI (default: MLFLOW_TRACKING_URI, else "
                                         "results/mlflow/mlflow.db)")
-    parser.add_argument("--metric", default="mean_dice", help="e.g. mean_dice, dice_liver (default mean_dice)")
+    parser.add_argument("--metric", default="mean_dice",
+                        help="e.g. mean_dice, dice_liver, eval_seconds (default mean_dice; Dice shown in percent)")
     parser.add_argument("--setting", help=f"only this setting ({', '.join(SETTINGS)}); default: all, one line each")
     parser.add_argument("--protocol", default="oracle", help="oracle (default) or full")
     parser.add_argument("--format", choices=["text", "markdown", "csv"], default="text")
@@ -152,9 +203,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"for the {args.protocol} protocol{where}", file=sys.stderr)
         return 1
     if args.format == "text":
-        where = f", setting {args.setting}" if args.setting else ""
-        print(f"{args.metric}, {args.protocol} protocol{where}; experiment {args.experiment}; newest finished "
-              f"evaluate run per method/setting/fold; mean and sample std over folds")
+        print(header(args.metric, args.protocol, args.experiment, args.setting))
     sys.stdout.write(render(table, args.format))
     return 0
 

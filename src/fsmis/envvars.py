@@ -14,6 +14,7 @@ FSMIS_CONFIG_HASH: the invocation's config hash, set by the onstart handler for 
 FSMIS_ZENODO_API: Zenodo API base URL (tests point it at a fake server).
 FSMIS_WEIGHTS_URL: folder URL to download pretrained weights from instead of the table's.
 FSMIS_EXTRA_METHODS: ``name=module:Class[,...]``, methods added to the model registry.
+FSMIS_CONFIG_DETAIL: ``1`` adds jsonschema's own message to each config error line.
 """
 
 FSMIS_TRACKING = "FSMIS_TRACKING"
@@ -26,3 +27,4 @@ FSMIS_CONFIG_HASH = "FSMIS_CONFIG_HASH"
 FSMIS_ZENODO_API = "FSMIS_ZENODO_API"
 FSMIS_WEIGHTS_URL = "FSMIS_WEIGHTS_URL"
 FSMIS_EXTRA_METHODS = "FSMIS_EXTRA_METHODS"
+FSMIS_CONFIG_DETAIL = "FSMIS_CONFIG_DETAIL"

@@ -12,6 +12,7 @@ import importlib
 import os
 import re
 import sys
+import time
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
@@ -28,6 +29,18 @@ from snakemake.io import report as report_item
 # and at most one such job per CPU of this machine runs at once unless the command line
 # says otherwise (--resources cpu_jobs=N). Cluster executors ignore the limit.
 workflow.global_resources.setdefault("cpu_jobs", os.cpu_count() or 1)
+
+
+# --- a Snakemake defect worked around ------------------------------------------------
+
+# `--list-changes params` prints the outputs of every job with recorded params, changed or
+# not: Snakemake 9's ParamsChange iterates over its files even when it holds no change
+# (params_changed() merges an empty change with the per-file ones). Iterate over the files
+# of a real change only, so the listing names exactly the jobs a config change reruns.
+# Only the listing iterates over a ParamsChange; rerun decisions use its truth value.
+_PARAMS_CHANGE = importlib.import_module("snakemake.persistence").ParamsChange
+if list(_PARAMS_CHANGE(files={"probe"})):
+    _PARAMS_CHANGE.__iter__ = lambda self: iter(self.files if self else ())
 
 
 # --- dataset facts -----------------------------------------------------------------
@@ -98,7 +111,11 @@ def config_checked(fn, *args):
 
 # The Snakefile validated `config` against the schema (defaults filled) before
 # including this file; these checks complete the validation before anything uses it.
-config_checked(CONFIG.check, config, REGISTERED)
+# (At module level, not through config_checked: one frame fewer in Snakemake's message.)
+try:
+    CONFIG.check(config, REGISTERED)
+except CONFIG.ConfigError as err:
+    raise WorkflowError(str(err)) from None
 
 EXPERIMENT = config["experiment"]
 DATASET = config["dataset"]["name"]
@@ -209,13 +226,55 @@ def raw_inputs(wildcards):
 
 def check_hand_placed_data():
     """Registration-only and local datasets: stop before any job when the files are not
-    under dataset.root, with the page to get them from and the layout expected."""
+    under dataset.root, with how many of the expected files are there and where their
+    placement is described (the adapter's check_source)."""
     if SOURCE_KIND not in ("manual", "local"):
         return
     try:
         ADAPTERS.get(DATASET).check_source(config["dataset"], config["dataset"].get("root"))
     except fsmis_module("fsmis.errors").InputError as err:
         raise WorkflowError(str(err)) from None
+
+
+# Command-line options that never read the dataset: no check for them (--lint is told
+# by Snakemake itself, which parses without checking environment variables).
+NO_DATA_OPTIONS = {
+    "--lint",
+    "--list-rules",
+    "-l",
+    "--list-target-rules",
+    "--lt",
+    "--list-changes",
+    "--lc",
+    "--list-input-changes",
+    "--li",
+    "--list-params-changes",
+    "--lp",
+    "--list-untracked",
+    "--lu",
+    "--summary",
+    "-S",
+    "--detailed-summary",
+    "-D",
+    "--unlock",
+    "--cleanup-metadata",
+    "--cm",
+    "--print-compilation",
+}
+
+
+def data_needed():
+    """Whether this invocation may read the dataset: a run or a dry-run in the main
+    process (jobs, which parse this file again, skip the check), not a listing or lint."""
+    linting = not getattr(workflow, "check_envvars", True)
+    listing = any(arg.split("=", 1)[0] in NO_DATA_OPTIONS for arg in sys.argv[1:])
+    return workflow.is_main_process and not linting and not listing
+
+
+# When the workflow is parsed, dry-runs included: a missing or half-copied hand-placed
+# dataset stops the invocation before any job is planned.
+if data_needed():
+    check_hand_placed_data()
 
 
 def pretrained_weights(wildcards):
@@ -315,6 +374,35 @@ def report_skipped_cases():
             f"{len(skipped)} of {len(CASES)} requested case(s) were skipped (no mask): "
             f"{', '.join(skipped)}; reasons in {table}"
         )
+
+
+# When this invocation was parsed: the end-of-run summary's wall time, and whether the
+# report was rebuilt by this run (its files' times).
+STARTED = time.monotonic()
+STARTED_AT = time.time()
+
+
+def print_run_summary():
+    """After a successful run that built the report: wall time, report folder, the
+    headline Dice table, the HTML report and MLflow commands (fsmis.run_summary). After
+    one that did not (one fold, data only), a line saying the report was not rebuilt."""
+    headline = PATHS.fill(
+        "report_slice", exp=EXPERIMENT, name="dice", setting=SETTINGS[0], protocol=PROTOCOLS[0], ext="md"
+    )
+    if not Path(headline).is_file():
+        return
+    if Path(headline).stat().st_mtime < STARTED_AT:
+        logger.info(
+            f"The report in {PATHS.fill('report_dir', exp=EXPERIMENT)}/ was not rebuilt by this run; "
+            "`snakemake --cores N all` brings it up to date with what this run changed."
+        )
+        return
+    tracking = fsmis_tracking()
+    uri = tracking.tracking_uri() if tracking.enabled() else None
+    text = fsmis_module("fsmis.run_summary").run_summary(
+        EXPERIMENT, PATHS.fill("report_dir", exp=EXPERIMENT), time.monotonic() - STARTED, headline, uri
+    )
+    logger.info(text)
 
 
 # --- MLflow (used by the onstart/onsuccess/onerror handlers only) -------------------

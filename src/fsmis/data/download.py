@@ -22,19 +22,29 @@ What is retried, under two separate budgets (each download has its own transient
   fresh download tells a one-off corruption (or a stale .part) from bytes wrong at the
   source. Then ``checksum_error`` (a :class:`ChecksumError`), nothing left on disk.
 
-A permanent HTTP error (404, 403, ...) raises ``error`` at once. Standard library only
-(urllib), so the fetch stage needs no extra package.
+A permanent HTTP error (404, 403, ...) raises ``error`` at once. So does a network
+failure that says this machine cannot reach the network at all, which waiting would
+not mend within the retry budget: the name of the host did not resolve
+(``socket.gaierror``, also a DNS server that does not answer), or there is no route
+(``ENETUNREACH``, ``EHOSTUNREACH``, ``ENETDOWN``). Its one-line message names the
+host, asks "offline?" and adds ``Transfer.by_hand``, where the fetcher says how to put
+the file in place by hand. A refused connection stays transient: the network reached a
+host that answered, and a server restarting behind its address refuses for a moment.
+Standard library only (urllib), so the fetch stage needs no extra package.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
 import logging
 import os
+import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,8 +60,22 @@ USER_AGENT = "fsmis-downloader (+https://zenodo.org)"
 _log = logging.getLogger(__name__)
 
 
+# errno values that mean no route to the network at all (no retry; module docstring)
+_NO_ROUTE = {
+    errno.ENETUNREACH: "network unreachable",
+    errno.EHOSTUNREACH: "no route to host",
+    errno.ENETDOWN: "network is down",
+}
+
+
 class DownloadError(RuntimeError):
-    """A file could not be fetched (not found, or failed after the retries)."""
+    """A file could not be fetched (not found, or failed after the retries).
+
+    ``offline`` is True on an error raised because the host could not be reached at all
+    (name resolution, no route): then the message ends with how to place the file by hand.
+    """
+
+    offline = False
 
 
 class ChecksumError(InputError):
@@ -72,6 +96,8 @@ class Transfer:
     progress_s: float = 5.0  # seconds between progress lines
     digest_retries: int = DIGEST_RETRIES
     log: logging.Logger = _log
+    # how to put the file in place without network, appended to an "offline?" error
+    by_hand: str = ""
 
     @classmethod
     def of(cls, options: dict, log: logging.Logger) -> Transfer:
@@ -129,8 +155,31 @@ def _http_failure(err: urllib.error.HTTPError, permanent: Exception) -> Exceptio
     return permanent
 
 
-def _network_failure(err: Exception) -> _Transient:
-    return _Transient(f"{type(err).__name__}: {err}")
+def offline_reason(err: BaseException) -> str | None:
+    """Why ``err`` says the network cannot be reached at all (name resolution, no route),
+    or None for a failure worth retrying. Looks through urllib's ``URLError.reason`` and
+    the exception chain, where urllib wraps the socket's error."""
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if isinstance(err, socket.gaierror):
+            return f"name resolution failed: {err.strerror or err}"
+        if isinstance(err, OSError) and err.errno in _NO_ROUTE:
+            return _NO_ROUTE[err.errno]
+        reason = err.reason if isinstance(err, urllib.error.URLError) else None
+        err = reason if isinstance(reason, BaseException) else (err.__cause__ or err.__context__)
+    return None
+
+
+def _network_failure(err: Exception, what: str, url: str, transfer: Transfer, error) -> Exception:
+    """A _Transient to retry, or for an unreachable network ``error`` at once (offline?)."""
+    reason = offline_reason(err)
+    if reason is None:
+        return _Transient(f"{type(err).__name__}: {err}")
+    host = urllib.parse.urlsplit(url).hostname or url
+    failure = error(f"{what}: cannot reach {host} ({reason}): offline? {transfer.by_hand}".rstrip())
+    failure.offline = True
+    return failure
 
 
 def _with_retries(what: str, attempt_fn, transfer: Transfer, error):
@@ -164,7 +213,8 @@ def get_json(url: str, what: str, permanent: Callable[[urllib.error.HTTPError], 
         except urllib.error.HTTPError as err:
             raise _http_failure(err, permanent(err)) from None
         except (OSError, http.client.HTTPException, json.JSONDecodeError) as err:
-            raise _network_failure(err) from None  # a cut-off body is not valid JSON: retried
+            # a cut-off body is not valid JSON: retried
+            raise _network_failure(err, what, url, transfer, error) from None
 
     return _with_retries(what, attempt, transfer, error)
 
@@ -251,7 +301,7 @@ def _transfer(url, name, part: Path, size, hash_name, transfer: Transfer, error)
             else:
                 raise _http_failure(err, error(f"{name}: HTTP {err.code} {err.reason} from {url}")) from None
         except (OSError, http.client.HTTPException) as err:
-            raise _network_failure(err) from None
+            raise _network_failure(err, f"{name} ({url})", url, transfer, error) from None
     got = part.stat().st_size
     if total is not None and got < total:  # http.client returns a short body silently on a drop
         raise _Transient(f"short read: {got} of {total} bytes")
@@ -285,7 +335,8 @@ def _fetch_part(url, name, part: Path, expected, shown, size, hash_name, transfe
             )
 
 
-def _read_sidecar(sidecar: Path) -> str | None:
+def read_sidecar(sidecar: Path) -> str | None:
+    """The digest a sidecar records, or None (no sidecar, or an empty one)."""
     try:
         return sidecar.read_text(encoding="utf-8").split()[0].lower()
     except (OSError, IndexError):
@@ -294,7 +345,7 @@ def _read_sidecar(sidecar: Path) -> str | None:
 
 def _write_sidecar(sidecar: Path, digest: str, name: str) -> None:
     tmp = sidecar.with_name(sidecar.name + ".tmp")
-    tmp.write_text(f"{digest}  {name}\n")
+    tmp.write_text(f"{digest}  {name}\n", encoding="utf-8")
     os.replace(tmp, sidecar)  # never a half-written sidecar
 
 
@@ -325,7 +376,7 @@ def fetch_verified(
 
     if final.exists():
         size_ok = size is None or final.stat().st_size == size
-        recorded = _read_sidecar(sidecar)
+        recorded = read_sidecar(sidecar)
         # a file rewritten after its sidecar was written is verified again
         fresh = _accepts(expected, recorded) and sidecar.stat().st_mtime_ns >= final.stat().st_mtime_ns
         if size_ok and fresh:

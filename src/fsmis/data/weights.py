@@ -15,7 +15,10 @@ to weights is here: the table, and that verified bytes are loaded once with
 
 The download folder defaults to the entry's URL; ``base_url`` or ``$FSMIS_WEIGHTS_URL``
 (a folder URL; the file name is appended) point elsewhere, for tests and offline
-mirrors.
+mirrors. When the host cannot be reached at all (name resolution, no route) the error
+says "offline?" at once and where the workflow takes the file placed by hand:
+``<dest_dir>/<name>.pth`` (``fsmis.paths`` "weights", e.g.
+``resources/weights/deeplabv3_resnet101_coco.pth``), see :func:`by_hand`.
 
 Command line: ``python -m fsmis.data.weights NAME --dest DIR`` (no NAME: list them).
 """
@@ -31,11 +34,12 @@ import urllib.parse
 from collections.abc import Mapping
 from pathlib import Path
 
+from fsmis import paths
 from fsmis.data.download import ChecksumError, DownloadError, Transfer, fetch_verified, plain_name
 from fsmis.envvars import FSMIS_WEIGHTS_URL
 from fsmis.errors import InputError
 
-__all__ = ["KNOWN", "WeightsError", "WeightsChecksumError", "fetch", "file_name",
+__all__ = ["KNOWN", "WeightsError", "WeightsChecksumError", "by_hand", "fetch", "file_name",
            "check_state_dict", "main"]
 
 _TORCHVISION = "https://download.pytorch.org/models"
@@ -107,6 +111,16 @@ def url_of(name: str, base_url: str | None = None) -> str:
     return entry["url"]
 
 
+def by_hand(name: str, dest_dir, base_url: str | None = None) -> str:
+    """How to put weights ``name`` in place without network (the end of an offline error):
+    the workflow's file for them is ``<dest_dir>/<name>.pth`` (``fsmis.paths`` "weights")."""
+    entry = _entry(name)
+    place = Path(dest_dir) / Path(paths.fill("weights", weights=name)).name
+    return (f"Place it by hand: fetch {url_of(name, base_url)} on a machine with network and put it at {place} "
+            f"(its sha256 starts with {entry['sha256_prefix']}), which the workflow then uses without downloading "
+            f"(docs/data.md, \"Offline: files placed by hand\").")
+
+
 def check_state_dict(path, report_as=None) -> None:
     """Raise InputError unless ``path`` loads (weights only) as a ResNet state dict."""
     import torch  # deferred: listing and --help need no torch
@@ -137,6 +151,7 @@ def fetch(name: str, dest_dir, base_url: str | None = None, **transfer) -> Path:
     fails. ``transfer``: the keywords of :class:`fsmis.data.download.Transfer`.
     """
     entry = _entry(name)
+    transfer = {"by_hand": by_hand(name, dest_dir, base_url), **transfer}
     return fetch_verified(
         url_of(name, base_url), dest_dir, entry["file"], entry.get("sha256") or entry["sha256_prefix"],
         "sha256", int(entry["size"]) if entry.get("size") else None,

@@ -12,7 +12,11 @@ downloads nothing).
 What is retried: the record lookup, like every transfer, on transient failures
 (network, timeouts, HTTP 408/429/5xx, a cut-off reply) ``retries`` times with
 exponential back-off; a download whose md5 is wrong once more, from zero (see
-:mod:`fsmis.data.download`). A 404 (unknown record or file) fails at once.
+:mod:`fsmis.data.download`). A 404 (unknown record or file) fails at once, and so does
+a host that cannot be reached at all (name resolution, no route): "offline?", with the
+link of each file and the path to put it at by hand (:func:`by_hand`). Offline, files
+that an earlier run verified (file and a ``.md5`` sidecar not older than it) are
+returned as they are, with a warning, since the record cannot be asked.
 
 ``api_base`` defaults to ``$FSMIS_ZENODO_API`` or https://zenodo.org/api, so tests and
 mirrors can point elsewhere without touching the (science-only) config. Keywords
@@ -32,11 +36,11 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
-from fsmis.data.download import ChecksumError, DownloadError, Transfer, fetch_verified, get_json
+from fsmis.data.download import ChecksumError, DownloadError, Transfer, fetch_verified, get_json, read_sidecar
 from fsmis.envvars import FSMIS_ZENODO_API
 from fsmis.errors import InputError
 
-__all__ = ["DEFAULT_API", "ChecksumError", "RemoteFile", "ZenodoError", "api_base_url",
+__all__ = ["DEFAULT_API", "ChecksumError", "RemoteFile", "ZenodoError", "api_base_url", "by_hand",
            "download", "download_file", "fetch_record_files", "main", "record_files"]
 
 DEFAULT_API = "https://zenodo.org/api"
@@ -113,6 +117,28 @@ def download_file(remote: RemoteFile, dest_dir, **transfer) -> Path:
     )
 
 
+def by_hand(record_id, names, dest_dir, api_base: str | None = None) -> str:
+    """How to put files of a record in place without network (the end of an offline error)."""
+    api = api_base_url(api_base)
+    links = " and ".join(f"{api}/records/{record_id}/files/{urllib.parse.quote(n)}/content" for n in names)
+    places = " and ".join(str(Path(dest_dir) / n) for n in names)
+    one = len(names) == 1
+    return (f"Place {'it' if one else 'them'} by hand: fetch {links} on a machine with network and put "
+            f"{'it' if one else 'them'} at {places}, which the workflow then unpacks without downloading or "
+            f"checking {'its' if one else 'their'} md5 (docs/data.md, \"Offline: files placed by hand\").")
+
+
+def _verified_earlier(names, dest_dir) -> list[Path] | None:
+    """The files, if each has a ``.md5`` sidecar not older than it (a verified download)."""
+    paths = [Path(dest_dir) / n for n in names]
+    for path in paths:
+        sidecar = path.with_name(f"{path.name}.md5")
+        if not (path.is_file() and read_sidecar(sidecar)
+                and sidecar.stat().st_mtime_ns >= path.stat().st_mtime_ns):
+            return None
+    return paths
+
+
 def download(record_id, name: str, dest_dir, api_base: str | None = None, **transfer) -> Path:
     """Download file ``name`` of Zenodo record ``record_id`` into ``dest_dir``, verified."""
     return fetch_record_files(record_id, [name], dest_dir, api_base, **transfer)[0]
@@ -120,9 +146,20 @@ def download(record_id, name: str, dest_dir, api_base: str | None = None, **tran
 
 def fetch_record_files(record_id, names, dest_dir, api_base: str | None = None, **transfer) -> list[Path]:
     """Download several files of one record (one record lookup); return their paths."""
-    files = record_files(record_id, api_base, **transfer)
+    transfer = {"by_hand": by_hand(record_id, names, dest_dir, api_base), **transfer}
+    try:
+        files = record_files(record_id, api_base, **transfer)
+    except ZenodoError as err:
+        kept = _verified_earlier(names, dest_dir) if err.offline else None
+        if kept is None:
+            raise
+        (transfer.get("log") or _log).warning(
+            "record %s cannot be reached (offline?); using the copies an earlier run verified against it: %s",
+            record_id, ", ".join(map(str, kept)))
+        return kept
     wanted = [_pick(files, name, record_id) for name in names]  # fail before any download
-    return [download_file(f, dest_dir, **transfer) for f in wanted]
+    return [download_file(f, dest_dir, **{**transfer, "by_hand": by_hand(record_id, [f.name], dest_dir, api_base)})
+            for f in wanted]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -209,7 +209,7 @@ def build_report(
                                             method_order)
     if panels_by_slice is not None and order:
         # the first slice's figure under the stable name: a copy (drawing it costs seconds)
-        for ext in ("png", "pdf"):
+        for ext in ("png", "pdf", "svg"):
             with atomic_path(_file(out_dir, "qualitative", ext)) as tmp:
                 shutil.copyfile(_slice_file(out_dir, "qualitative", *order[0], ext), tmp)
             written.append(str(_file(out_dir, "qualitative", ext)))

@@ -20,12 +20,19 @@ log = logging.getLogger(__name__)
 def _qualitative_panels(metrics_paths, prediction_dirs, config, images: dict[str, str], labels: dict[str, str],
                         splits_json, setting=None, protocol="oracle", cache: dict | None = None) -> list[dict]:
     """One panel per class for one setting and protocol: the first query scan of the
-    lowest evaluated fold (its lowest seed), at the middle slice of the class's extent, with the support
-    slice of that chunk and every method's prediction there. ``prediction_dirs[i]`` is
+    lowest evaluated fold (its lowest seed), at the middle slice z of the class's extent,
+    with the support slice the protocol used for z and every method's prediction there.
+    The chunk of z is the protocol's (``fsmis.protocols.query_plan``, as the evaluation
+    assigns it): under ``oracle`` by z's position within the class's extent in the
+    query's ground truth, under ``full`` by its position in the whole scan; the support
+    slice is that chunk's (``fsmis.protocols.support_slices``). ``prediction_dirs[i]`` is
     the ``predictions`` folder of the evaluation that wrote ``metrics_paths[i]``; a
     prediction is read under its name there (``fsmis.paths.prediction``).
     ``images``/``labels``: ``{case: path}`` of the preprocessed scans. ``cache`` (a
-    dict) keeps volumes read for one setting/protocol for the next."""
+    dict) keeps volumes read for one setting/protocol for the next. Besides the arrays a
+    panel holds what the figure's titles say: ``case``, ``slice``, ``support_case``,
+    ``support_slice``, ``chunk`` (0-based), ``n_parts``, ``setting``, ``protocol``,
+    ``fold`` and ``seed``."""
     from fsmis import protocols
     from fsmis.data import adapters
 
@@ -74,11 +81,14 @@ def _qualitative_panels(metrics_paths, prediction_dirs, config, images: dict[str
         if protocols.extent(s_label, cid) is None:  # flagged support_missing: nothing was segmented
             continue
         z = (ext[0] + ext[1]) // 2
-        sz = protocols.support_slices(s_label, cid, n_parts)[protocols.chunk_of(z, ext[0], ext[1], n_parts)]
+        chunk = next(c for c, zs in protocols.query_plan(protocol, label, cid, n_parts).items() if z in zs)
+        sz = protocols.support_slices(s_label, cid, n_parts)[chunk]
         panels.append({"class": name, "image": image[z], "ground_truth": label[z] == cid,
                        "predictions": {m: vol[z] == cid for m, vol in predicted.items()},
                        "support_image": s_image[sz], "support_mask": s_label[sz] == cid,
-                       "case": case, "slice": z})
+                       "case": case, "slice": z, "support_case": support, "support_slice": sz,
+                       "chunk": chunk, "n_parts": n_parts, "setting": setting, "protocol": protocol,
+                       "fold": fold, "seed": seed})
     return panels
 
 

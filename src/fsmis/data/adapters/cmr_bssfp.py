@@ -19,6 +19,8 @@ FACTS = Facts(
     label_groups=[["lv_bp", "lv_myo", "rv"]],
     source={
         "kind": "manual",
+        # where the placement is described (named in the message of missing files)
+        "docs": 'docs/datasets.md, section "MS-CMRSeg 2019 bSSFP (Card-MRI)"',
         "page": "https://zmiclab.github.io/zxh/0/mscmrseg19/data.html (MS-CMRSeg 2019; registration)",
         "layout": (
             "<dataset.root>/c0t2lge/patient1_C0.nii.gz ... patient35_C0.nii.gz\n"

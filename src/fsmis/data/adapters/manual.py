@@ -1,11 +1,14 @@
 """Shared code of the registration-only datasets the user places by hand under
 ``dataset.root`` (``synapse_ct``, ``cmr_bssfp``): each of their adapter modules states
-its :class:`Layout` and its ``FACTS`` (whose source gives the page and layout shown when
-files are missing) and hands ``case_ids``, ``check_source`` and ``pairs`` to the
+its :class:`Layout` and its ``FACTS`` (whose source gives the page, the layout and the
+docs section named when files are missing) and hands ``case_ids``, ``check_source`` and ``pairs`` to the
 functions here. Not a dataset itself, so not in the registry.
 
 Files are found by exact name anywhere below ``dataset.root`` (the release's folder
-names differ between copies).
+names differ between copies). When files are missing, :class:`HandPlacedMissing` says in
+one paragraph how many of the expected files are there, where the files come from, and
+which sections of README.md and of docs/datasets.md (``FACTS.source["docs"]``) tell how
+to place them.
 """
 
 from __future__ import annotations
@@ -19,6 +22,36 @@ from pathlib import Path
 from fsmis.data.adapters import Facts, ManualDataMissing, find_files, select_cases
 
 log = logging.getLogger(__name__)
+
+#: the README section whose table says, per dataset, what the user does
+README_SECTION = 'README.md, section "Running the paper experiments"'
+SHOWN_MISSING = 4  # missing file names the message lists before "and N more"
+
+
+class HandPlacedMissing(ManualDataMissing):
+    """:class:`ManualDataMissing` (same attributes, and ``expected``: how many files the
+    config needs) whose message is one short paragraph: the dataset, how many of the
+    expected files are under dataset.root, the page to get them from, where the placement
+    is described, and the first missing names. ``str()`` is that paragraph alone, without
+    the ``<path>: `` prefix of an InputError: it names dataset.root itself."""
+
+    def __init__(self, dataset: str, root, page: str, layout: str, missing: list[str], expected: int,
+                 docs: str, hint: str = "", where: str = ""):
+        super().__init__(dataset, root, page, layout, missing, hint)
+        self.expected = expected
+        if root is None:
+            found = f"dataset.root is not set ({expected} files expected)"
+        else:
+            found = f"{expected - len(missing)} of {expected} expected files under {root}{where}"
+        names = [] if root is None else list(missing)
+        shown = ", ".join(names[:SHOWN_MISSING]) + (f" and {len(names) - SHOWN_MISSING} more"
+                                                    if len(names) > SHOWN_MISSING else "")
+        problem = (
+            f"dataset {dataset!r}: {found}. It needs a registration and is placed by hand: get it from {page} "
+            f"and see {README_SECTION}, and {docs}, for where the files go."
+            + (f" Missing: {shown}." if shown else "") + (f" {hint}" if hint else "")
+        )
+        self.problem, self.args = problem, (problem,)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,17 +78,19 @@ def case_ids(layout: Layout, dataset_cfg: dict) -> list[str]:
 
 
 def _locate(layout: Layout, facts: Facts, cfg: dict, root, cases) -> dict[str, tuple[Path, Path]]:
-    """``{case: (image, label)}``, or ManualDataMissing naming every missing file."""
+    """``{case: (image, label)}``, or HandPlacedMissing naming the missing files."""
     source = facts.source
+    expected = [tpl.format(_number(layout, case)) for case in cases for _, tpl in (layout.image, layout.label)]
 
-    def missing(what, hint=""):
-        raise ManualDataMissing(cfg["name"], root, source["page"], source["layout"], what, hint)
+    def missing(absent, hint="", where=""):
+        raise HandPlacedMissing(cfg["name"], root, source["page"], source["layout"], absent, len(expected),
+                                source["docs"], hint, where)
 
     if root is None:
         missing(["dataset.root: set it to the folder holding the files"])
     root = Path(root)
     if not root.is_dir():
-        missing([f"{root} (folder does not exist)"])
+        missing(expected, where=" (the folder does not exist)")
     images = find_files(root, layout.image[0], "image")
     labels = find_files(root, layout.label[0], "label")
     absent = []

@@ -204,11 +204,29 @@ def label_groups(dataset_cfg: dict) -> list[list[str]]:
 
 
 def check_source(dataset_cfg: dict, root) -> None:
-    """Fast (file names, and each NIfTI's gzip trailer against its header): run before
-    any job, so a half-copied folder stops the run at once, naming the truncated files."""
+    """Fast (file names, and each NIfTI's gzip trailer against its header): run when the
+    workflow is parsed, so a half-copied folder stops the run at once. Missing files: one
+    paragraph saying how many of the expected ones are under ``root`` and where the
+    layout is described; truncated files: named."""
     from fsmis.nifti_check import check_files
 
-    found = _locate(dataset_cfg, root, case_ids(dataset_cfg))
+    root, cases = Path(root), case_ids(dataset_cfg)
+    ending, ids, absent = _ending(_meta(root)), _ids(root), []
+    for case in cases:
+        stem = ids[case]
+        # nnU-Net names channel 0 <case>_0000; MSD has no channel suffix (_locate)
+        images = [root / "imagesTr" / f"{stem}_0000{ending}", root / "imagesTr" / f"{stem}{ending}"]
+        if not any(p.is_file() for p in images):
+            absent.append(f"imagesTr/{images[0].name} (or {images[1].name})")
+        if not (root / "labelsTr" / f"{stem}{ending}").is_file():
+            absent.append(f"labelsTr/{stem}{ending}")
+    if absent:
+        shown = ", ".join(absent[:4]) + (f" and {len(absent) - 4} more" if len(absent) > 4 else "")
+        raise InputError(root, f"dataset 'nifti_folder': {2 * len(cases) - len(absent)} of {2 * len(cases)} "
+                               f"expected files are there ({len(cases)} cases, image and label each). Missing: "
+                               f"{shown}. The layout: README.md, section \"Running the paper experiments\" "
+                               f"(row nifti_folder), and docs/data.md, section \"Hand-placed datasets\".")
+    found = _locate(dataset_cfg, root, cases)
     check_files([p for pair in found.values() for p in pair], thorough=False)
 
 

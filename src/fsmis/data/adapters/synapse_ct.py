@@ -21,6 +21,8 @@ FACTS = Facts(
     label_groups=[["left_kidney", "right_kidney"], ["liver", "spleen"]],  # SSL-ALPNet's SABS groups
     source={
         "kind": "manual",
+        # where the placement is described (named in the message of missing files)
+        "docs": 'docs/datasets.md, section "Synapse / BTCV (Abd-CT)"',
         "page": "https://www.synapse.org/#!Synapse:syn3193805/wiki/89480 "
                 "(Abdomen/RawData.zip in folder syn3553734; free account + data terms)",
         "layout": (
