@@ -365,8 +365,10 @@ def report_items(name, ext, caption, category):
 
 def report_skipped_cases():
     """At the end of a run: name the requested cases the inventory skipped."""
+    if not DYNAMIC_CASES:
+        return
     table = Path(expand(rules.inventory.output.inventory, ds=DATA_ID)[0])
-    if not DYNAMIC_CASES or not table.exists():
+    if not table.exists():
         return
     skipped = sorted(set(CASES) - set(ADAPTERS.usable_cases(table)))
     if skipped:

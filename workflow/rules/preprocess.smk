@@ -7,23 +7,25 @@
 # the DAG when fsmis.data.adapters.cases_known_after_unpack says so; everything after
 # the canonical step then takes its case list from this table (usable_cases()), and a
 # dry-run shows the jobs after it once it has run.
-checkpoint inventory:
-    input:
-        raw=raw_inputs,
-    output:
-        inventory=PATHS.inventory,
-    log:
-        PATHS.log_inventory,
-    conda:
-        "../../envs/fsmis.yaml"
-    params:
-        dataset=lookup(dpath="dataset", within=config),
-        cases=CASES,
-        raw_dir=RAW_DIR,
-        # the usable cases must still fill the folds (fsmis.data.splits.infeasible)
-        n_folds=lookup(dpath="n_folds", within=config),
-    script:
-        "../scripts/inventory.py"
+if DYNAMIC_CASES:
+
+    checkpoint inventory:
+        input:
+            raw=raw_inputs,
+        output:
+            inventory=PATHS.inventory,
+        log:
+            PATHS.log_inventory,
+        conda:
+            "../../envs/fsmis.yaml"
+        params:
+            dataset=lookup(dpath="dataset", within=config),
+            cases=CASES,
+            raw_dir=RAW_DIR,
+            # the usable cases must still fill the folds (fsmis.data.splits.infeasible)
+            n_folds=lookup(dpath="n_folds", within=config),
+        script:
+            "../scripts/inventory.py"
 
 
 # One job per case: conversions run in parallel and a rerun redoes only the case asked.
