@@ -446,6 +446,18 @@ def check_compare_prints_dice_in_percent(command, request):
     assert any(line.split()[:1] == ["fold2"] for line in rows)
 
 
+@check("snakemake --report report.html")
+def check_the_html_report_holds_the_report(command, request):
+    """In the finished tiny demo's directory: one HTML page naming the report's tables
+    and figures."""
+    steps = request.getfixturevalue("finished")
+    result, out, _ = snakemake(steps["dir"], command)
+    assert result.returncode == 0, out[-4000:]
+    html = (steps["dir"] / "report.html").read_text(encoding="utf-8", errors="replace")
+    for name in ("dice_setting1_oracle.csv", "spread_setting1_oracle.csv", "dice_bars_setting1_oracle.png"):
+        assert name in html, name
+
+
 @check("python -m fsmis.models.schema --write")
 def check_the_schema_writer_leaves_a_current_schema_alone(command, request):
     """On a copy of the schema (`--schema`: the test does not rewrite the repository's
@@ -497,6 +509,22 @@ def check_the_demo_ablation_trains_each_part_off(command, request):
     counts = job_counts(out)
     assert counts["train"] == counts["evaluate"] == 9 * 5 and "fetch_weights" not in counts
     assert "results/demo-ablation/dspnet_no_ran/setting1/seed1234/fold4/metrics.json" in out
+
+
+@check("snakemake --cores 8 all --configfile workflow/presets/demo-variance.yaml")
+def check_the_demo_variance_run_trains_three_seeds_and_evaluates_three_supports(command, request):
+    """Dry-run in a checkout: the numbers the README states (75 training and 90
+    evaluation jobs), each fold under seed1234, seed1235 and seed1236, into
+    results/demo-variance/."""
+    wd = checkout(request.getfixturevalue("tmp_path"))
+    result, out, _ = snakemake(wd, command, "-n")
+    assert result.returncode == 0, out[-6000:]
+    counts = job_counts(out)
+    paragraph = readme_paragraph_after(command)
+    assert f"{counts['train']} training and {counts['evaluate']} evaluation jobs" in paragraph
+    assert (counts["train"], counts["evaluate"]) == (75, 90)
+    for seed in (1234, 1235, 1236):
+        assert f"results/demo-variance/ssl_alpnet/setting1/seed{seed}/fold4/metrics.json" in out
 
 
 @check("snakemake --configfile my.yaml --replace-workflow-config")
