@@ -173,8 +173,10 @@ def _seeded(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.assign(seed=seed)
 
 
-def _wide(per_fold: pd.Series, class_order: Sequence[str]) -> pd.DataFrame:
-    """``(method, fold, class) -> value`` as ``(method, fold) x [classes..., mean]``."""
+def by_class(per_fold: pd.Series, class_order: Sequence[str]) -> pd.DataFrame:
+    """``(..., class) -> value`` as ``(...) x [classes..., mean]``: one column per class
+    of ``class_order`` and ``mean``, their NaN-skipping average (the fold's mean of every
+    table, e.g. index (method, fold))."""
     classes = list(class_order)
     wide = per_fold.unstack("class").reindex(columns=classes).astype(float)
     wide[MEAN] = wide[classes].mean(axis=1, skipna=True)
@@ -197,7 +199,7 @@ def fold_values(long_df: pd.DataFrame, class_order: Sequence[str]) -> pd.DataFra
         raise ValueError("several Dice values for one method, seed, fold and class; select one setting and protocol")
     values = pd.to_numeric(frame["dice"], errors="coerce")
     per_fold = values.groupby([frame["method"], frame["fold"], frame["class"]]).mean()  # over seeds, NaN skipped
-    return _wide(per_fold, class_order)
+    return by_class(per_fold, class_order)
 
 
 def published_choice(cases: pd.DataFrame) -> pd.DataFrame:
@@ -233,7 +235,7 @@ def case_fold_values(cases: pd.DataFrame, class_order: Sequence[str], metric: st
     values = pd.to_numeric(frame[metric], errors="coerce")
     per_seed = values.groupby([frame["method"], frame["seed"], frame["fold"], frame["class"]]).mean()
     per_fold = per_seed.groupby(level=["method", "fold", "class"]).mean()
-    return _wide(per_fold, class_order)
+    return by_class(per_fold, class_order)
 
 
 def percent_per_fold(long_df: pd.DataFrame, class_order: Sequence[str]) -> tuple[list[str], pd.DataFrame]:

@@ -35,7 +35,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fsmis.report.results import MEAN
+from fsmis.report.results import MEAN, by_class
 
 CONFIDENCE = 0.95
 COLUMNS = ["method", "class", "value", "fold_std", "n_folds", "n_supports", "support_std", "support_min",
@@ -49,11 +49,7 @@ def experiment_values(cases: pd.DataFrame, class_order: Sequence[str], metric: s
     fold); columns ``class_order + [mean]``."""
     keys = ["method", "support_choice", "seed", "fold"]
     rows = cases.assign(**{c: cases[c] if c in cases else 0 for c in ("support_choice", "seed")})
-    per_fold = rows.groupby([*keys, "class"], sort=False)[metric].mean().unstack("class")
-    per_fold = per_fold.reindex(columns=list(class_order)).astype(float)
-    per_fold[MEAN] = per_fold[list(class_order)].mean(axis=1, skipna=True)
-    per_fold.columns.name = None
-    return per_fold
+    return by_class(rows.groupby([*keys, "class"], sort=False)[metric].mean(), class_order)
 
 
 def t_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:

@@ -51,7 +51,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fsmis.report.results import MEAN
+from fsmis.report.results import MEAN, published_choice
 from fsmis.report.tables import cell, missing, pipe_table, signed, write_csv, write_text
 
 MIN_PAIRS = 6
@@ -118,12 +118,6 @@ def wilcoxon_paired(x: Sequence[float], y: Sequence[float]) -> PairedTest:
 
 
 # --------------------------------------------------------------------------- summaries
-
-
-def published_choice(cases: pd.DataFrame) -> pd.DataFrame:
-    """The rows of the published protocol's support scan (``support_choice`` 0; every
-    row of a table without that column)."""
-    return cases[cases["support_choice"] == 0] if "support_choice" in cases else cases
 
 
 def over_seeds(cases: pd.DataFrame) -> pd.DataFrame:

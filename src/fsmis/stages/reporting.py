@@ -109,7 +109,8 @@ def _paired(metrics_paths, others, kind: str) -> list[tuple[str, str]]:
 def _factors(config: dict) -> dict:
     """The experiment's folds, support choices and seeds, for the reproduction table's
     protocol key, and the NSD tolerance for the captions."""
-    seeds = config.get("seeds") or [config.get("seed", 0)]
+    # `seeds` as fsmis.config.normalise leaves it (the report rule declares it)
+    seeds = config.get("seeds") or [0]
     evaluate = config.get("evaluate", {})
     return {"n_folds": int(config.get("n_folds", 5)), "supports": evaluate.get("supports", 1),
             "seeds": len(seeds), "nsd_tolerance_mm": float(evaluate.get("nsd_tolerance_mm", 2.0))}
