@@ -34,14 +34,15 @@ LOG_COLUMNS = ["step", "loss", "query_loss", "align_loss", "other_loss", "lr", "
 
 
 def training_step(model, batch: dict, cfg: dict, opt, scaler=None, with_label: bool = False) -> dict:
-    """One episode: forward, weighted query cross-entropy + ``align_weight`` x alignment
+    """One episode: forward, weighted query cross-entropy (the method's class weights,
+    ``query_loss_weights``; ``train.bg_weight``/``fg_weight`` by default) + ``align_weight`` x alignment
     loss + the method's other (already weighted) losses, backward, optimiser step.
     Returns the four losses as 0-d tensors. Raises ``EmptyPrototypeSet`` (from the
     forward, before any update) when the method has no background prototype."""
     extra = {"qry_label": batch["qry_label"]} if with_label else {}
     logits, aux = model(batch["sup_img"], batch["sup_fg"], batch["qry_img"], **extra)
     device = logits.device
-    q_loss = segmentation_loss(logits.float(), batch["qry_label"], cfg["bg_weight"], cfg["fg_weight"])
+    q_loss = segmentation_loss(logits.float(), batch["qry_label"], *model.query_loss_weights(cfg))
     a_loss = aux.get("align", torch.zeros((), device=device)).float()
     o_loss = sum((v.float() for k, v in aux.items() if k != "align"), torch.zeros((), device=device))
     loss = q_loss + cfg["align_weight"] * a_loss + o_loss

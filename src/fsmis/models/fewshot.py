@@ -50,6 +50,14 @@ class FewShotSegmenter(nn.Module):
       image-resolution mask; by default ``support_state`` of the mask resized to the
       feature grid. Override when the support side needs the full-resolution mask
       (DSPNet's ``seed_mask: strided``). ``prepare_support`` and ``forward`` call it.
+    - ``build_backbone(model_cfg)`` (class method): the encoder the method runs on for
+      the config's ``model`` section; by default ``fsmis.models.backbones.build``. A
+      lineage whose reference uses its own trunk (the ADNet lineage's ResNet-101)
+      overrides it.
+    - ``query_loss_weights(train_cfg)``: the (background, foreground) class weights of
+      the query cross-entropy; by default ``train.bg_weight``/``fg_weight`` (the
+      SSL-ALPNet lineage's 0.05/1). A method whose reference weighs otherwise (the ADNet
+      lineage's 0.1/1) overrides it.
     """
 
     Params: ClassVar[type[MethodParams]] = MethodParams
@@ -70,6 +78,19 @@ class FewShotSegmenter(nn.Module):
         """The method with ``Params`` built from keywords (config names and values,
         validated as the config's are)."""
         return cls(backbone, cls.Params.from_dict(keywords, cls.__name__))
+
+    @classmethod
+    def build_backbone(cls, model_cfg: dict) -> nn.Module:
+        """The encoder for the config's ``model`` section (``backbone``, ``feature_dim``,
+        ``pretrained``)."""
+        from fsmis.models import backbones
+
+        return backbones.build(model_cfg.get("backbone", "deeplabv3_resnet101"),
+                               feature_dim=model_cfg.get("feature_dim", 256), pretrained=model_cfg.get("pretrained"))
+
+    def query_loss_weights(self, train_cfg: dict) -> tuple[float, float]:
+        """(background, foreground) weights of the query cross-entropy."""
+        return float(train_cfg["bg_weight"]), float(train_cfg["fg_weight"])
 
     # -- pieces -----------------------------------------------------------------
     def encode(self, images: torch.Tensor) -> torch.Tensor:

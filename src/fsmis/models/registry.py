@@ -120,9 +120,4 @@ def build(method: str, model_cfg: dict, method_params: dict | None = None):
     cls = method_class(method)
     # validated before the backbone exists: a typo fails at once, not after its weights load
     params = cls.Params.from_dict(method_params or {}, method)
-    from fsmis.models import backbones
-
-    backbone = backbones.build(model_cfg.get("backbone", "deeplabv3_resnet101"),
-                               feature_dim=model_cfg.get("feature_dim", 256),
-                               pretrained=model_cfg.get("pretrained"))
-    return cls(backbone, params)
+    return cls(cls.build_backbone(model_cfg), params)
