@@ -55,13 +55,13 @@ def test_config_overrides_shrink_the_dag(tmp_path, dry_run):
 
 def test_setting_2_trains_one_model_per_label_group(tmp_path, snakemake, dry_run):
     counts = dry_run(
-        tmp_path, "--config", "folds=[0, 1]", "methods=[ssl_alpnet]", "settings=[1, 2, 2all]",
+        tmp_path, "--config", "folds=[0, 1]", "methods=[ssl_alpnet]", "settings=[1, 2, 2all, 2any]",
         "baselines=[mask_transfer]",
     )
     # per fold: setting 1 one model, setting 2 one per label group (kidneys,
-    # liver+spleen), setting 2all one model; each setting evaluated once per method
-    assert counts["train"] == 2 * (1 + 2 + 1)
-    assert counts["evaluate"] == 2 * 3 * 2
+    # liver+spleen), settings 2all and 2any one model; each setting evaluated once per method
+    assert counts["train"] == 2 * (1 + 2 + 1 + 1)
+    assert counts["evaluate"] == 2 * 4 * 2
     result = snakemake(
         tmp_path, "--dry-run", "--config", "folds=[0]", "methods=[ssl_alpnet]", "settings=[2]",
         "baselines=[]", "--", "results/demo/ssl_alpnet/setting2/seed1234/fold0/metrics.json",

@@ -21,7 +21,7 @@ from typing import Any
 
 from fsmis import envvars
 from fsmis.data import adapters
-from fsmis.data.splits import infeasible
+from fsmis.data.lineage_folds import lineage_infeasible
 
 
 class ConfigError(ValueError):
@@ -93,7 +93,9 @@ def check(cfg: dict, registered: Iterable[str]) -> dict:
     if unknown:
         raise ConfigError(f"config: methods {unknown} are neither registered ({', '.join(registered)}) "
                           "nor defined under `variants`")
-    problem = infeasible(len(case_ids(dataset)), n_folds)
+    split_cfg = cfg.get("splits") or {}
+    problem = lineage_infeasible(split_cfg.get("lineage", "ssl_alpnet"), len(case_ids(dataset)), n_folds,
+                                 split_cfg.get("supp_idx", 2))
     if problem:
         raise ConfigError(f"config: dataset {dataset['name']!r}, n_folds={n_folds}: {problem}")
     problem = support_choices_problem((cfg.get("evaluate") or {}).get("supports", 1), len(case_ids(dataset)), n_folds)

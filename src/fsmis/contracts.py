@@ -132,10 +132,14 @@ class Fold:
 @dataclass(frozen=True)
 class Splits:
     """``splits.json``: ``{"n_folds": n, "folds": [Fold, ...]}``, fold k at index k
-    (``fsmis.data.splits.make_folds``)."""
+    (``fsmis.data.splits.make_folds``), and, for folds of another code lineage
+    (``splits.lineage``, ``fsmis.data.lineage_folds``), ``lineage`` and ``supp_idx``
+    (absent for SSL-ALPNet's partition, so those files stay as they were)."""
 
     n_folds: int
     folds: tuple[Fold, ...]
+    lineage: str = "ssl_alpnet"
+    supp_idx: int | None = None
 
     def fold(self, k: int) -> Fold:
         if not 0 <= int(k) < len(self.folds):
@@ -143,7 +147,10 @@ class Splits:
         return self.folds[int(k)]
 
     def to_json(self) -> dict:
-        return {"n_folds": self.n_folds, "folds": [f.to_json() for f in self.folds]}
+        out = {"n_folds": self.n_folds}
+        if self.lineage != "ssl_alpnet":
+            out.update(lineage=self.lineage, supp_idx=self.supp_idx)
+        return {**out, "folds": [f.to_json() for f in self.folds]}
 
     @classmethod
     def from_json(cls, data, path=None) -> Splits:
@@ -159,7 +166,11 @@ class Splits:
         for i, f in enumerate(folds):
             if f.fold != i:
                 check.fail(f"folds[{i}].fold", f"is {f.fold}; folds are listed in order 0..{n_folds - 1}")
-        return cls(n_folds, folds)
+        lineage = check.string(data.get("lineage", "ssl_alpnet"), "lineage")
+        supp_idx = data.get("supp_idx")
+        if supp_idx is not None:
+            supp_idx = check.integer(supp_idx, "supp_idx")
+        return cls(n_folds, folds, lineage, supp_idx)
 
     @classmethod
     def read(cls, path) -> Splits:

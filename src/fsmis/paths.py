@@ -24,7 +24,7 @@ import re
 # the settings (fsmis.settings.SETTINGS), repeated here because both appear in file
 # names and this module may import nothing heavy; tests/test_paths.py checks they agree.
 PROTOCOLS = ("oracle", "full")
-SETTINGS = ("1", "2", "2all")
+SETTINGS = ("1", "2", "2all", "2any")
 
 # What each wildcard may hold when a path is parsed or filled. Matches the rules'
 # wildcard_constraints where those exist (workflow/rules/common.smk).

@@ -10,6 +10,10 @@ for the two lineages).
   only slices that contain **all** test classes at once are removed (their
   ``EXCLUDE_LABEL`` with an element-wise AND). Far fewer slices go, so numbers called
   "setting 2" in the two lineages are not comparable; the names here keep them apart.
+- ``2any`` (RPT-fixed, the RPT author's corrected fork of the ADNet lineage): one model
+  per fold, as ``2all``; its training pool loses every slice that contains **any**
+  test class (``np.isin(labels, excluded).any``), the union ``2`` takes per label
+  group, taken here over all test classes at once.
 
 Exclusion reads ground-truth labels of the training scans (``classmap.json``), as both
 reference lineages do; setting 2 is therefore not strictly annotation-free.
@@ -20,7 +24,7 @@ builds the job graph.
 
 from __future__ import annotations
 
-SETTINGS = ("1", "2", "2all")
+SETTINGS = ("1", "2", "2all", "2any")
 ALL = "all"  # the group name of the single model of settings 1 and 2all
 
 
@@ -63,8 +67,8 @@ def excluded_slices(setting: str, test_classes: list[str], classmap: dict, cases
         per_class = [set(classmap.get(name, {}).get(case, [])) for name in test_classes]
         if not per_class:
             continue
-        if setting == "2":
-            out[case] = set().union(*per_class)  # any test class
+        if setting in ("2", "2any"):
+            out[case] = set().union(*per_class)  # any test class (of the group, or of all for 2any)
         else:
             out[case] = set.intersection(*per_class)  # all test classes at once
     return out

@@ -87,6 +87,7 @@ rule report:
         report=lookup(dpath="report", within=config),
         # the protocol key of the reproduction table
         n_folds=lookup(dpath="n_folds", within=config),
+        splits=lookup(dpath="splits", within=config),
         seeds=lookup(dpath="seeds", within=config),
     script:
         "../scripts/report.py"

@@ -12,5 +12,7 @@ rule splits:
         "../../envs/fsmis.yaml"
     params:
         n_folds=lookup(dpath="n_folds", within=config),
+        lineage=lookup(dpath="splits/lineage", within=config),
+        supp_idx=lookup(dpath="splits/supp_idx", within=config),
     script:
         "../scripts/splits.py"

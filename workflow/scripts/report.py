@@ -13,7 +13,16 @@ reporting.report(
     prediction_dirs=strs(snakemake.input.predictions),
     train_logs=strs(snakemake.input.train_logs),
     config=declared_config(
-        snakemake.params, "dataset", "evaluate", "settings", "methods", "baselines", "report", "n_folds", "seeds"
+        snakemake.params,
+        "dataset",
+        "evaluate",
+        "settings",
+        "methods",
+        "baselines",
+        "report",
+        "n_folds",
+        "splits",
+        "seeds",
     ),
     images=by_case(snakemake.params.cases, snakemake.input.images),
     labels=by_case(snakemake.params.cases, snakemake.input.labels),

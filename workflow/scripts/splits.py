@@ -9,6 +9,8 @@ from fsmis.stages import data  # noqa: E402 (imported once errors go to the job 
 data.splits(
     cases_tsv=one(snakemake.input.cases),
     n_folds=int(snakemake.params.n_folds),
+    lineage=snakemake.params.lineage,
+    supp_idx=int(snakemake.params.supp_idx),
     out=one(snakemake.output.splits),
     tracking=tracking,
 )

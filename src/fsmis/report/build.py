@@ -115,7 +115,9 @@ def _slice_report(part: pd.DataFrame, cases: pd.DataFrame, published: pd.DataFra
     written += paper_tables.write(paper, out_dir, _slice_stem("paper", setting, protocol))
     key = reproduction.our_protocol_key(setting, protocol, supports=factors.get("supports", 1),
                                         seeds=factors.get("seeds", 1),
-                                        folds=reproduction.partition_folds(factors.get("n_folds", 5)))
+                                        folds=reproduction.folds_key(factors.get("lineage", "ssl_alpnet"),
+                                                                     factors.get("n_folds", 5),
+                                                                     factors.get("supp_idx", 2)))
     repro = reproduction.reproduction_table(part, published, dataset, setting, protocol, class_order, key,
                                             method_order)
     written += reproduction.write(repro, out_dir, _slice_stem("reproduction", setting, protocol))

@@ -96,9 +96,10 @@ def _notes(published: pd.DataFrame, comparable: pd.DataFrame, data: pd.DataFrame
         return notes
     if protocol != "oracle":
         notes.append("Published numbers were obtained with the oracle protocol (ground truth at test time).")
-    if str(setting) in ("2", "2all"):
+    if str(setting) in ("2", "2all", "2any"):
         notes.append('Published "Setting 2" is mapped by code lineage: SSL-ALPNet/DSPNet code drops slices '
-                     'with any test organ (our 2), the ADNet family only slices with all (our 2all).')
+                     'with any test organ (our 2), the ADNet family only slices with all (our 2all), '
+                     'RPT-fixed slices with any test organ with one model per fold (our 2any).')
     unverified = sorted(set(comparable.loc[~comparable["verified"].astype(bool), "method"]))
     if unverified:
         notes.append(f"{UNVERIFIED} Setting-2 definition of the source not verified: {', '.join(unverified)}.")

@@ -58,8 +58,20 @@ def partition_folds(n_folds: int) -> str:
     return f"SSL-ALPNet partition: {n_folds} folds, support = first scan of the next fold"
 
 
+def adnet_folds(n_folds: int, supp_idx: int) -> str:
+    """The folds key of the ADNet lineage's overlapping sets (fsmis.data.lineage_folds)."""
+    count = "" if n_folds == 5 else f" ({n_folds})"
+    return (f"ADNet lineage: overlapping folds{count}, support = the test fold's scan at index supp_idx={supp_idx}, "
+            "never queried")
+
+
+def folds_key(lineage: str = "ssl_alpnet", n_folds: int = 5, supp_idx: int | None = 2) -> str:
+    """Our folds key for ``splits.lineage`` (RPT-fixed's partition is SSL-ALPNet's)."""
+    return adnet_folds(n_folds, supp_idx) if lineage == "adnet" else partition_folds(n_folds)
+
+
 FOLDS_PARTITION = partition_folds(5)
-FOLDS_ADNET = "ADNet lineage: overlapping folds, support = the test fold's scan at index supp_idx=2, never queried"
+FOLDS_ADNET = adnet_folds(5, 2)
 UNVERIFIED_SETTING = "unknown: the source's Setting-2 definition is not verified"
 
 # What the published numbers of each code lineage were obtained with.

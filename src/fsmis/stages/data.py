@@ -211,16 +211,21 @@ def superpixels(case: str, modality: str, params: dict, image_in: str, out: str,
 
 # -- folds ---------------------------------------------------------------------------
 
-def splits(cases_tsv: str, n_folds: int, out: str, tracking: dict) -> None:
-    """``splits.json``: the cases of ``cases.tsv`` dealt into ``n_folds`` folds
-    (``fsmis.data.splits.make_folds``)."""
+def splits(cases_tsv: str, n_folds: int, out: str, tracking: dict, lineage: str = "ssl_alpnet",
+           supp_idx: int = 2) -> None:
+    """``splits.json``: the cases of ``cases.tsv`` dealt into ``n_folds`` folds, as the
+    code lineage ``lineage`` deals them (``splits.lineage``; ``fsmis.data.lineage_folds``:
+    SSL-ALPNet's partition, the ADNet lineage's overlapping sets with the support at
+    ``supp_idx`` of the test fold, or RPT-fixed's partition)."""
     import pandas as pd
 
-    from fsmis.data import splits as case_splits
+    from fsmis.data.lineage_folds import lineage_folds
 
-    with job("splits", tracking, {"n_folds": n_folds}) as run:
+    with job("splits", tracking, {"n_folds": n_folds, "lineage": lineage, "supp_idx": supp_idx}) as run:
         cases = pd.read_csv(cases_tsv, sep="\t")["case"].astype(str).tolist()
-        folds = case_splits.make_folds(cases, n_folds)
+        folds = lineage_folds(lineage, cases, n_folds, supp_idx)
+        if lineage != "ssl_alpnet":
+            folds = {**folds, "lineage": lineage, "supp_idx": int(supp_idx) if lineage == "adnet" else None}
         Splits.from_json(folds, out).write(out)
         run.log_metrics({"n_cases": len(cases), "n_folds": n_folds})
         run.log_artifact(out)

@@ -112,7 +112,9 @@ def _factors(config: dict) -> dict:
     # `seeds` as fsmis.config.normalise leaves it (the report rule declares it)
     seeds = config.get("seeds") or [0]
     evaluate = config.get("evaluate", {})
-    return {"n_folds": int(config.get("n_folds", 5)), "supports": evaluate.get("supports", 1),
+    split_cfg = config.get("splits") or {}
+    return {"n_folds": int(config.get("n_folds", 5)), "lineage": split_cfg.get("lineage", "ssl_alpnet"),
+            "supp_idx": int(split_cfg.get("supp_idx", 2)), "supports": evaluate.get("supports", 1),
             "seeds": len(seeds), "nsd_tolerance_mm": float(evaluate.get("nsd_tolerance_mm", 2.0))}
 
 
