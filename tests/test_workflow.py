@@ -71,6 +71,17 @@ def test_setting_2_trains_one_model_per_label_group(tmp_path, snakemake, dry_run
     assert "setting2/seed1234/fold0/liver+spleen/model.pt" in out
 
 
+def test_pseudo_labels_follow_the_method_or_the_config(tmp_path, dry_run):
+    demo = yaml.safe_load(DEMO_CONFIG.read_text(encoding="utf-8"))
+    base = {**demo, "folds": [0], "methods": ["ssl_alpnet"], "baselines": []}
+    # the SSL-ALPNet lineage trains on 2D superpixels: no supervoxel job
+    counts = dry_run(tmp_path, config=base)
+    assert counts["superpixels"] == 10 and "supervoxels" not in counts
+    # train.pseudo_labels overrides the lineage: 3D supervoxels, and no superpixel job
+    counts = dry_run(tmp_path, config={**base, "train": {**demo["train"], "pseudo_labels": "supervoxels3d"}})
+    assert counts["supervoxels"] == 10 and "superpixels" not in counts and counts["train"] == 1
+
+
 def test_one_fold_can_be_rerun_by_asking_for_its_file(tmp_path, dry_run):
     counts = dry_run(tmp_path, "results/demo/panet/setting1/seed1234/fold0/metrics.json")
     assert counts["train"] == 1

@@ -338,7 +338,9 @@ class ModelMeta:
     method_params: Mapping[str, Any]  # constructor keywords of the architecture
     config_hash: str
     test_classes: tuple[str, ...]
-    norm: Mapping[str, float] | None  # CT {"mean", "std"} of the fold's training scans; None: MR only
+    # CT {"mean", "std"} of the fold's training scans; {"scheme": "per_scan"}: every scan by
+    # its own (the ADNet lineage); None: MR only
+    norm: Mapping[str, float] | None
     modality: str
 
     def to_json(self) -> dict:
@@ -354,7 +356,7 @@ class ModelMeta:
         check.obj(data, "meta")
         check.keys(data, [f.name for f in fields(cls)], "model.pt meta")
         norm = data["norm"]
-        if norm is not None:
+        if norm is not None and norm != {"scheme": "per_scan"}:
             check.obj(norm, "meta.norm")
             for key in ("mean", "std"):
                 value = norm.get(key)

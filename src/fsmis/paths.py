@@ -77,6 +77,8 @@ _DEFS: dict[str, tuple[str | None, str, dict]] = {
     "label": ("preprocessed_dir", "{case}_label.nii.gz", {}),
     "superpixels_dir": ("data_dir", "superpixels", {}),
     "superpixels": ("superpixels_dir", "{case}.nii.gz", {}),
+    "supervoxels_dir": ("data_dir", "supervoxels", {}),
+    "supervoxels": ("supervoxels_dir", "{case}.nii.gz", {}),
     # -- one experiment: results/{exp}/
     "experiment_dir": (None, "results/{exp}", {}),
     "splits": ("experiment_dir", "splits.json", {}),
@@ -118,12 +120,13 @@ _JOBS = {
     "preprocess": "{ds}/{case}",
     "classmap": "{ds}",
     "superpixels": "{ds}/{case}",
+    "supervoxels": "{ds}/{case}",
     "splits": "{exp}",
     "train": "{exp}/{method}/setting{setting}/seed{seed}/fold{fold}/{group}",
     "evaluate": "{exp}/{method}/setting{setting}/seed{seed}/fold{fold}",
     "report": "{exp}",
 }
-_BENCHMARKED = ("generate_phantom", "preprocess", "superpixels", "train", "evaluate")
+_BENCHMARKED = ("generate_phantom", "preprocess", "superpixels", "supervoxels", "train", "evaluate")
 # Benchmarks first: results/benchmarks/... must not be read as an experiment's file.
 _DEFS = {
     **{f"benchmark_{rule}": (None, f"results/benchmarks/{rule}/{_JOBS[rule]}.tsv", {}) for rule in _BENCHMARKED},

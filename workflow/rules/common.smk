@@ -292,6 +292,19 @@ def model_for_evaluation(wildcards):
     return {group: expand(rules.train.output.model, group=group, **wildcards)[0] for group in GROUPS[wildcards.setting]}
 
 
+def training_data(wildcards):
+    """The method's pseudo-labels and normalisation (fsmis.models.resolve.training_data)."""
+    return fsmis_module("fsmis.models.resolve").training_data(wildcards.method, config)
+
+
+def pseudo_labels(wildcards):
+    """Input function of the train rule: the pseudo-label maps its method trains on, 2D
+    superpixels or 3D supervoxels (train.pseudo_labels), for every usable case."""
+    if training_data(wildcards)["pseudo_labels"] == "supervoxels3d":
+        return per_case(PATHS.supervoxels)(wildcards)
+    return per_case(PATHS.superpixels)(wildcards)
+
+
 def method_params(wildcards):
     """What the method in the wildcard is built from: its architecture and
     hyperparameters (per-setting overrides and a variant's own values included), so

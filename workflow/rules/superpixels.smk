@@ -18,3 +18,23 @@ rule superpixels:
         modality=lambda wildcards: CASE_MODALITY[wildcards.case],
     script:
         "../scripts/superpixels.py"
+
+
+# 3D supervoxel pseudo-labels (the self-supervision signal of the ADNet lineage: ADNet,
+# Q-Net, CAT-Net, RPT, GMRD), one job per case; made only for methods that train on them
+# (train.pseudo_labels).
+rule supervoxels:
+    input:
+        image=PATHS.image,
+    output:
+        supervoxels=PATHS.supervoxels,
+    log:
+        PATHS.log_supervoxels,
+    benchmark:
+        PATHS.benchmark_supervoxels
+    conda:
+        "../../envs/fsmis.yaml"
+    params:
+        supervoxels=lookup(dpath="supervoxels", within=config),
+    script:
+        "../scripts/supervoxels.py"

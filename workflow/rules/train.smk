@@ -9,7 +9,7 @@ rule train:
     input:
         images=per_case(rules.preprocess.output.image),
         labels=per_case(rules.preprocess.output.label),
-        superpixels=per_case(rules.superpixels.output.superpixels),
+        pseudo_labels=pseudo_labels,
         classmap=expand(rules.classmap.output.classmap, ds=DATA_ID),
         splits=rules.splits.output.splits,
         pretrained=pretrained_weights,
@@ -47,7 +47,11 @@ rule train:
         dataset=lookup(dpath="dataset", within=config),
         preprocess=lookup(dpath="preprocess", within=config),
         superpixels=lookup(dpath="superpixels", within=config),
-        # the case of each entry of input.images and input.superpixels
+        supervoxels=lookup(dpath="supervoxels", within=config),
+        # pseudo-labels and intensity normalisation of the method's lineage (train.pseudo_labels,
+        # train.normalisation)
+        training_data=training_data,
+        # the case of each entry of input.images and input.pseudo_labels
         cases=lambda wildcards: usable_cases(),
     script:
         "../scripts/train.py"

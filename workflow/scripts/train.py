@@ -11,12 +11,15 @@ training.train(
     setting=snakemake.wildcards.setting,
     fold=int(snakemake.wildcards.fold),
     group=snakemake.wildcards.group,
-    config=declared_config(snakemake.params, "seed", "model", "train", "dataset", "preprocess", "superpixels"),
+    config=declared_config(
+        snakemake.params, "seed", "model", "train", "dataset", "preprocess", "superpixels", "supervoxels"
+    ),
+    training_data=dict(snakemake.params.training_data),
     method_params=dict(snakemake.params.method_params),
     splits_json=one(snakemake.input.splits),
     classmap_json=one(snakemake.input.classmap),
     images=by_case(snakemake.params.cases, snakemake.input.images),
-    superpixels=by_case(snakemake.params.cases, snakemake.input.superpixels),
+    pseudo_labels=by_case(snakemake.params.cases, snakemake.input.pseudo_labels),
     model_out=one(snakemake.output.model),
     log_out=one(snakemake.output.train_log),
     threads=snakemake.threads,

@@ -4,6 +4,9 @@
   training scans (preprocessed 0..255 scale); the same statistics are used at test
   time, so they travel inside the checkpoint.
 - MR: per-volume z-score (each scan by its own mean/std).
+
+The ADNet lineage z-scores every scan by its own mean/std, CT included: its models
+carry :data:`PER_SCAN` instead of CT statistics.
 """
 
 from __future__ import annotations
@@ -27,8 +30,16 @@ def ct_statistics(volumes) -> dict:
     return {"mean": float(mean), "std": float(np.sqrt(max(ss / n - mean * mean, 1e-12)))}
 
 
+PER_SCAN = {"scheme": "per_scan"}
+
+
 def normalize(volume: np.ndarray, modality: str, stats: dict | None) -> np.ndarray:
+    """``volume`` z-scored as a model trained with ``stats`` expects: CT by ``stats``
+    (the training scans' mean/std) unless ``stats`` is :data:`PER_SCAN`; MR, and every
+    scan under ``PER_SCAN``, by its own mean/std."""
     volume = np.asarray(volume, dtype=np.float32)
+    if stats == PER_SCAN and modality in ("CT", "MR"):
+        modality = "MR"
     if modality == "CT":
         if stats is None:
             raise ValueError("CT normalisation needs the training statistics (the model was trained on no CT "

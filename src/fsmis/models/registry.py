@@ -33,6 +33,8 @@ METHODS = {
     "panet": "fsmis.models.panet:PANet",
     "dspnet": "fsmis.models.dspnet:DSPNet",
     "iplsl": "fsmis.models.iplsl:IPLSL",
+    "adnet": "fsmis.models.adnet:ADNet",
+    "qnet": "fsmis.models.qnet:QNet",
 }
 
 # names the workflow gives other meanings (baselines), and the shape of a path wildcard

@@ -6,6 +6,32 @@ Standard library only: the workflow calls :func:`resolve` while it builds the jo
 
 from __future__ import annotations
 
+# The code lineage of each method (absent: SSL-ALPNet's). A lineage fixes what its
+# reference code trains on: the ADNet lineage (ADNet, Q-Net, CAT-Net, RPT, GMRD) on 3D
+# supervoxels with per-scan z-scored intensities, the SSL-ALPNet lineage on 2D
+# superpixels with CT z-scored by the fold's training statistics.
+LINEAGE = {"adnet": "adnet", "qnet": "adnet", "catnet": "adnet", "rpt": "adnet", "gmrd": "adnet"}
+PSEUDO_LABELS = {"ssl_alpnet": "superpixels2d", "adnet": "supervoxels3d"}
+NORMALISATION = {"ssl_alpnet": "ssl_alpnet", "adnet": "per_scan"}
+
+
+def lineage(architecture: str) -> str:
+    """``"ssl_alpnet"`` or ``"adnet"``: the code lineage of a registered method."""
+    return LINEAGE.get(architecture, "ssl_alpnet")
+
+
+def training_data(name: str, config: dict) -> dict[str, str]:
+    """``{"pseudo_labels": superpixels2d | supervoxels3d, "normalisation": ssl_alpnet |
+    per_scan}`` of a method name: ``train.pseudo_labels`` and ``train.normalisation``,
+    where ``auto`` (the default) takes the method's lineage's."""
+    arch, _ = resolve(name, config)
+    train = config.get("train", {})
+    out = {}
+    for key, by_lineage in (("pseudo_labels", PSEUDO_LABELS), ("normalisation", NORMALISATION)):
+        value = train.get(key, "auto")
+        out[key] = by_lineage[lineage(arch)] if value == "auto" else value
+    return out
+
 
 def resolve(name: str, config: dict, setting: str | None = None) -> tuple[str, dict]:
     """``(architecture, hyperparameters)`` of a method name in a workflow config (the

@@ -209,6 +209,26 @@ def superpixels(case: str, modality: str, params: dict, image_in: str, out: str,
         log.info("%s: superpixels %s in %.1f s", case, summary, time.perf_counter() - t0)
 
 
+def supervoxels(case: str, params: dict, image_in: str, out: str, tracking: dict) -> None:
+    """The 3D supervoxel map of one preprocessed scan, the ADNet lineage's pseudo-labels
+    (``fsmis.data.supervoxels.supervoxels_3d``)."""
+    import SimpleITK as sitk
+
+    from fsmis.data import supervoxels as supervoxel_maps
+
+    t0 = time.perf_counter()
+    with job("supervoxels", tracking, {"supervoxels": params}) as run:
+        ref = io.read_image(image_in)
+        sx, sy, sz = ref.GetSpacing()
+        sv = supervoxel_maps.supervoxels_3d(sitk.GetArrayFromImage(ref), (sz, sy, sx), **params)
+        img = sitk.GetImageFromArray(sv.astype(np.int32))
+        img.CopyInformation(ref)
+        io.write_image(img, out)
+        summary = supervoxel_maps.summary(sv)
+        run.log_metrics({**{k: float(v) for k, v in summary.items()}, "seconds": time.perf_counter() - t0})
+        log.info("%s: supervoxels %s in %.1f s", case, summary, time.perf_counter() - t0)
+
+
 # -- folds ---------------------------------------------------------------------------
 
 def splits(cases_tsv: str, n_folds: int, out: str, tracking: dict, lineage: str = "ssl_alpnet",

@@ -14,13 +14,23 @@ from fsmis.stages.jobs import case_file, groups_of, job, read_array, set_threads
 log = logging.getLogger(__name__)
 
 
-def _train_meta(method: str, setting: str, fold: int, group: str, config: dict, resolved: dict) -> dict:
+SUPERPIXELS_2D, SUPERVOXELS_3D = "superpixels2d", "supervoxels3d"
+DEFAULT_DATA = {"pseudo_labels": SUPERPIXELS_2D, "normalisation": "ssl_alpnet"}
+
+
+def _train_meta(method: str, setting: str, fold: int, group: str, config: dict, resolved: dict,
+                data: dict | None = None) -> dict:
     """What ``model.pt`` records of how it was trained; its ``config_hash`` covers only
     the config sections that change the trained weights. ``resolved``: the method's
-    ``{"architecture", "params"}`` as the rule resolved them (``fsmis.models.resolve``)."""
+    ``{"architecture", "params"}`` as the rule resolved them (``fsmis.models.resolve``);
+    ``data``: its pseudo-labels and normalisation (``fsmis.models.resolve.training_data``)."""
     from fsmis.config import config_hash
 
-    relevant = {k: config.get(k) for k in ("seed", "model", "train", "preprocess", "superpixels", "dataset")}
+    data = {**DEFAULT_DATA, **(data or {})}
+    labels = "supervoxels" if data["pseudo_labels"] == SUPERVOXELS_3D else "superpixels"
+    relevant = {k: config.get(k) for k in ("seed", "model", "train", "preprocess", labels, "dataset")}
+    if data != DEFAULT_DATA:  # the SSL-ALPNet lineage's hash stays what it was
+        relevant["training_data"] = data
     relevant["method_params"] = dict(resolved["params"])
     return {"method": method, "architecture": resolved["architecture"], "setting": setting, "fold": fold,
             "group": group, "model": config["model"], "method_params": relevant["method_params"],
@@ -29,14 +39,18 @@ def _train_meta(method: str, setting: str, fold: int, group: str, config: dict, 
 
 
 def train(method: str, setting: str, fold: int, config: dict, method_params: dict, splits_json: str,
-          classmap_json: str, images: dict[str, str], superpixels: dict[str, str], model_out: str, log_out: str,
-          threads: int, tracking: dict, group: str = "all") -> None:
+          classmap_json: str, images: dict[str, str], pseudo_labels: dict[str, str], model_out: str, log_out: str,
+          threads: int, tracking: dict, group: str = "all", training_data: dict | None = None) -> None:
     """Train one model: ``method`` for ``fold`` under ``setting``, tested later on the
     classes of ``group`` (``fsmis.settings``: "all" unless setting 2). ``images`` and
-    ``superpixels``: ``{case: path}`` of the preprocessed scans and their superpixels
-    (at least the fold's training cases). ``config``: the sections the rule declares
-    (seed, model, train, preprocess, superpixels, dataset); ``method_params``: the
-    method's resolved ``{"architecture", "params"}``."""
+    ``pseudo_labels``: ``{case: path}`` of the preprocessed scans and their pseudo-label
+    maps (at least the fold's training cases). ``config``: the sections the rule declares
+    (seed, model, train, preprocess, superpixels, supervoxels, dataset); ``method_params``:
+    the method's resolved ``{"architecture", "params"}``; ``training_data``: its
+    ``pseudo_labels`` (``superpixels2d``: SSL-ALPNet's 2D superpixel episodes,
+    ``fsmis.data.episodes``; ``supervoxels3d``: the ADNet lineage's supervoxel episodes,
+    ``fsmis.data.volume_episodes``) and ``normalisation`` (``ssl_alpnet``: CT by the
+    fold's training statistics, MR per scan; ``per_scan``: every scan by its own)."""
     import pandas as pd
     import torch
 
@@ -44,6 +58,7 @@ def train(method: str, setting: str, fold: int, config: dict, method_params: dic
     from fsmis import train as training_loop
     from fsmis.data import adapters, normalize
     from fsmis.data.episodes import SuperpixelEpisodes
+    from fsmis.data.volume_episodes import SupervoxelEpisodes
     from fsmis.models import registry
     from fsmis.precision import amp_dtype, pick_device
 
@@ -54,7 +69,8 @@ def train(method: str, setting: str, fold: int, config: dict, method_params: dic
     facts = adapters.facts(config["dataset"])
     train_cases = list(Splits.read(splits_json).fold(int(fold)).train)
     modality_of = adapters.case_modalities(config["dataset"], train_cases)
-    base = _train_meta(method, setting, int(fold), group, config, method_params)
+    data = {**DEFAULT_DATA, **(training_data or {})}
+    base = _train_meta(method, setting, int(fold), group, config, method_params, data)
     seed = int(config["seed"]) + 1000 * int(fold)
     excluded = settings.excluded_slices(setting, groups[group], ClassMap.read(classmap_json).slices, train_cases)
     params = {"method": method, "setting": setting, "fold": fold, "group": group, "test_classes": groups[group],
@@ -66,7 +82,10 @@ def train(method: str, setting: str, fold: int, config: dict, method_params: dic
         # CT: one global z-score from the fold's CT training scans (the reference's);
         # MR scans are normalised each by itself
         ct = [v for v, m in zip(volumes, modalities) if m == "CT"]
-        stats = normalize.ct_statistics(ct) if ct else None
+        if data["normalisation"] == "per_scan":
+            stats = normalize.PER_SCAN
+        else:
+            stats = normalize.ct_statistics(ct) if ct else None
         # checked against the model.pt contract before hours of training, not after
         meta = ModelMeta.from_json({**base, "test_classes": groups[group], "norm": stats,
                                     "modality": facts["modality"]}, model_out)
@@ -79,18 +98,25 @@ def train(method: str, setting: str, fold: int, config: dict, method_params: dic
             log.info("untrained baseline: saved the initial weights of %s", meta.architecture)
             return
         normed = [normalize.normalize(v, m, stats) for v, m in zip(volumes, modalities)]
-        sps = [read_array(case_file(superpixels, c, "superpixels")) for c in train_cases]
+        maps = [read_array(case_file(pseudo_labels, c, "pseudo-labels")) for c in train_cases]
         dropped = {(vi, z) for vi, case in enumerate(train_cases) for z in excluded[case]}
-        episodes = SuperpixelEpisodes(normed, sps, config["train"]["augment"], seed=seed, excluded=dropped,
-                                      sampling=config["train"].get("superpixel_sampling", "uniform"))
+        train_cfg = dict(config["train"])
+        if data["pseudo_labels"] == SUPERVOXELS_3D:
+            episodes = SupervoxelEpisodes(normed, maps, train_cfg["augment"], seed=seed, excluded=dropped,
+                                          sampling=train_cfg.get("supervoxel_sampling", "candidates"),
+                                          min_size=train_cfg.get("supervoxel_min_size", 200),
+                                          shear_about=train_cfg["augment"].get("shear_about", "centre"))
+        else:
+            episodes = SuperpixelEpisodes(normed, maps, train_cfg["augment"], seed=seed, excluded=dropped,
+                                          sampling=train_cfg.get("superpixel_sampling", "uniform"))
         run.log_metrics({"train_slices": len(episodes), "excluded_slices": len(dropped)})
         device = pick_device()
-        train_cfg = dict(config["train"])
         if config["model"].get("channels_last"):
             train_cfg["channels_last"] = True
-        log.info("training %s fold %s (setting %s, group %s) on %d slices of %d scans (%d excluded), "
-                 "device %s, %d threads, amp %s", method, fold, setting, group, len(episodes), len(volumes),
-                 len(dropped), device, threads, amp_dtype(train_cfg.get("amp", False), device) or "off")
+        log.info("training %s fold %s (setting %s, group %s) on %d slices of %d scans (%d excluded), %s, "
+                 "normalisation %s, device %s, %d threads, amp %s", method, fold, setting, group, len(episodes),
+                 len(volumes), len(dropped), data["pseudo_labels"], data["normalisation"], device, threads,
+                 amp_dtype(train_cfg.get("amp", False), device) or "off")
         summary = training_loop.train(model, episodes, train_cfg, model_out, log_out, meta.to_json(), device=device,
                                       tracker=run)
         run.log_metrics({"train_seconds": summary["seconds"], "final_loss": summary["final_loss"]})
