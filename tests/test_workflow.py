@@ -17,8 +17,9 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 def test_demo_dry_run_builds_the_whole_experiment(tmp_path, dry_run):
     counts = dry_run(tmp_path)
-    # 10 phantom cases; 5 folds x setting "1"; methods ssl_alpnet + panet + dspnet +
-    # iplsl, baselines untrained (trained for 0 steps) + mask_transfer (evaluated only).
+    # 10 phantom cases; 3 folds x setting "1"; methods ssl_alpnet + panet + dspnet on
+    # 2D superpixels and adnet on 3D supervoxels, baselines untrained (trained for 0
+    # steps) + mask_transfer (evaluated only).
     assert counts == {
         "generate_phantom": 1,
         "canonical": 10,
@@ -26,9 +27,10 @@ def test_demo_dry_run_builds_the_whole_experiment(tmp_path, dry_run):
         "preprocess": 10,
         "classmap": 1,
         "superpixels": 10,
+        "supervoxels": 10,
         "splits": 1,
-        "train": 5 * 5,
-        "evaluate": 5 * 6,
+        "train": 3 * 5,
+        "evaluate": 3 * 6,
         "report": 1,
         "all": 1,
     }
