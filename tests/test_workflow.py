@@ -103,7 +103,7 @@ def test_mask_transfer_has_no_training_job(tmp_path, snakemake):
     ("override", "message"),
     [
         ('settings=["3"]', "config: `settings[0]`: got '3'; expected one of '1', '2', '2all'"),
-        ("folds=[5]", "folds [5] do not exist with n_folds=5"),
+        ("folds=[3]", "folds [3] do not exist with n_folds=3"),
         # the schema takes any name; the registry is the one list of datasets
         ("dataset={name: nowhere}", ("config: dataset.name 'nowhere' is not a registered dataset; known: "
                                      "phantom, chaos_mr, abdomenct1k, synapse_ct, cmr_bssfp, nifti_folder")),

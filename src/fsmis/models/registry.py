@@ -35,6 +35,7 @@ METHODS = {
     "iplsl": "fsmis.models.iplsl:IPLSL",
     "adnet": "fsmis.models.adnet:ADNet",
     "qnet": "fsmis.models.qnet:QNet",
+    "catnet": "fsmis.models.catnet:CATNet",
 }
 
 # names the workflow gives other meanings (baselines), and the shape of a path wildcard
