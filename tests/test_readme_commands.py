@@ -488,7 +488,8 @@ def check_the_dataset_list_names_every_dataset(command, request):
 @check("snakemake --cores 8 all")
 def check_the_demo_plans_the_jobs_the_readme_counts(command, request):
     """Dry-run of the demo's own config.yaml: the number of jobs the README states after
-    it, one conversion job per case, 5 folds of 5 trained and 6 evaluated rows."""
+    it, one conversion and one supervoxel job per case (ADNet's), 3 folds of 5 trained
+    and 6 evaluated rows."""
     wd = checkout(request.getfixturevalue("tmp_path"))
     result, out, _ = snakemake(wd, command, "-n")
     assert result.returncode == 0, out[-6000:]
@@ -496,7 +497,8 @@ def check_the_demo_plans_the_jobs_the_readme_counts(command, request):
     claimed = re.search(r"(\d+) jobs", readme_paragraph_after(command))
     if claimed:
         assert sum(counts.values()) == int(claimed[1]), counts
-    assert counts["canonical"] == 10 and counts["train"] == 25 and counts["evaluate"] == 30
+    assert counts["canonical"] == counts["supervoxels"] == 10
+    assert counts["train"] == 3 * 5 and counts["evaluate"] == 3 * 6
 
 
 @check("snakemake --cores 8 all --configfile workflow/presets/demo-ablation.yaml")
