@@ -305,3 +305,12 @@ def test_demo_ablation_preset_runs_each_part_off(tmp_path, dry_run):
     # 4 DSPNet rows (full, no RAN, no FSPA, no BCMA) and 5 IPLSL rows (full and each
     # of its 4 components off) x 5 folds, no baselines
     assert counts["train"] == 45 and counts["evaluate"] == 45 and counts["report"] == 1
+
+
+def test_demo_zoo_preset_runs_both_lineages(tmp_path, dry_run):
+    preset = REPO / "workflow" / "presets" / "demo-zoo.yaml"
+    counts = dry_run(tmp_path, "--configfile", str(DEMO_CONFIG), str(preset))
+    # 7 methods + untrained x the demo's 3 folds; the ADNet lineage needs the supervoxels,
+    # the SSL-ALPNet lineage the superpixels
+    assert counts["train"] == 8 * 3 and counts["evaluate"] == 9 * 3
+    assert counts["supervoxels"] == counts["superpixels"] == 10
