@@ -113,7 +113,7 @@ and values (support-only work); ``score`` does the query's self-attention, prior
 fusion, cross-attention and refinement. ``predict`` upsamples ``p`` before the logits,
 as the reference.
 
-Shared operator defined here (new, also Q-Net's refinement): :func:`refine_prototype`.
+Shared operator, with Q-Net: :func:`fsmis.models.lineage.refine_prototype`.
 """
 
 from __future__ import annotations
@@ -132,6 +132,7 @@ from fsmis.models.lineage import (
     lineage_nll,
     lineage_prediction,
     probability_logits,
+    refine_prototype,
     similarity,
     upsample_probability,
     upsampled_masked_average,
@@ -220,40 +221,6 @@ def correlation_prior(query: torch.Tensor, support, pool: int | None = None, eps
     sim = sim.max(1)[0]
     lo, hi = sim.min(1, keepdim=True)[0], sim.max(1, keepdim=True)[0]
     return ((sim - lo) / (hi - lo + eps)).reshape(b, 1, h, w)
-
-
-def refine_prototype(feats: torch.Tensor, proto: torch.Tensor, pred: torch.Tensor, predict, iters: int,
-                     lr: float) -> torch.Tensor:
-    """Q-Net's test-time prototype refinement (``updatePrototype``; CAT-Net's is the
-    same code): ``feats [B,C,h,w]``, ``proto [1|B,C]``, ``pred [B,h,w]`` the first
-    prediction, ``predict(feats, proto [B,C]) -> [B,h,w]`` -> refined ``[B,C]`` (one per
-    query, detached). Adam (lr, default betas) on the prototype; each step: where
-    ``pred > 1 - pred`` the features are replaced by the prototype; both tensors are
-    min-max normalised over each query's ``C x h x w`` and passed through a sigmoid;
-    loss ``BCE(input = original, target = replaced)``; then ``pred = predict(...)``.
-    Adam is elementwise, so B prototypes refined with the sum of the per-query losses
-    are B independent runs."""
-    feats = feats.detach()
-    proto = proto.detach().expand(feats.shape[0], -1).clone().requires_grad_(True)
-    opt = torch.optim.Adam([proto], lr=lr)
-    dims = (1, 2, 3)
-
-    def normalised(x):
-        lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
-        return torch.sigmoid((x - lo) / (hi - lo))
-
-    original = normalised(feats)
-    for _ in range(iters):
-        with torch.enable_grad():
-            fg = (pred > 1.0 - pred)[:, None].to(feats.dtype)  # argmax of (1-p, p), a tie is background
-            replaced = feats * (1.0 - fg) + proto[:, :, None, None] * fg
-            loss = F.binary_cross_entropy(original, normalised(replaced), reduction="none").mean(dims).sum()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        with torch.no_grad():
-            pred = predict(feats, proto)
-    return proto.detach()
 
 
 # -- the method -------------------------------------------------------------------------------------------------------

@@ -240,6 +240,40 @@ def upsampled_masked_average(feats: torch.Tensor, mask: torch.Tensor) -> torch.T
 
 # -- the segmenter base ---------------------------------------------------------------------------------------------
 
+def refine_prototype(feats: torch.Tensor, proto: torch.Tensor, pred: torch.Tensor, predict, iters: int,
+                     lr: float) -> torch.Tensor:
+    """Q-Net's test-time prototype refinement (``updatePrototype``; CAT-Net's is the
+    same code): ``feats [B,C,h,w]``, ``proto [1|B,C]``, ``pred [B,h,w]`` the first
+    prediction, ``predict(feats, proto [B,C]) -> [B,h,w]`` -> refined ``[B,C]`` (one per
+    query, detached). Adam (lr, default betas) on the prototype; each step: where
+    ``pred > 1 - pred`` the features are replaced by the prototype; both tensors are
+    min-max normalised over each query's ``C x h x w`` and passed through a sigmoid;
+    loss ``BCE(input = original, target = replaced)``; then ``pred = predict(...)``.
+    Adam is elementwise, so B prototypes refined with the sum of the per-query losses
+    are B independent runs."""
+    feats = feats.detach()
+    proto = proto.detach().expand(feats.shape[0], -1).clone().requires_grad_(True)
+    opt = torch.optim.Adam([proto], lr=lr)
+    dims = (1, 2, 3)
+
+    def normalised(x):
+        lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
+        return torch.sigmoid((x - lo) / (hi - lo))
+
+    original = normalised(feats)
+    for _ in range(iters):
+        with torch.enable_grad():
+            fg = (pred > 1.0 - pred)[:, None].to(feats.dtype)  # argmax of (1-p, p), a tie is background
+            replaced = feats * (1.0 - fg) + proto[:, :, None, None] * fg
+            loss = F.binary_cross_entropy(original, normalised(replaced), reduction="none").mean(dims).sum()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        with torch.no_grad():
+            pred = predict(feats, proto)
+    return proto.detach()
+
+
 @dataclass(frozen=True)
 class LineageParams(MethodParams):
     """Fields every ADNet-lineage method has."""

@@ -65,7 +65,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from fsmis.models.lineage import (
     LineageParams,
@@ -73,6 +72,7 @@ from fsmis.models.lineage import (
     lineage_nll,
     lineage_prediction,
     probability_logits,
+    refine_prototype,
     similarity,
     upsample_probability,
     upsampled_masked_average,
@@ -147,32 +147,13 @@ class QNet(LineageSegmenter):
         return torch.stack([a * p for a, p in zip(alpha, preds)]).sum(0) / alpha.sum()
 
     def refine(self, feats, proto, pred, t) -> torch.Tensor:
-        """Test-time prototype refinement (see the module docstring): ``feats [B,C,h,w]``,
-        ``proto [1,C]`` or ``[B,C]``, ``pred [B,h,w]`` the path's first prediction ->
-        refined ``[B,C]``, one per query."""
-        feats, t = feats.detach(), t.detach()
-        b = feats.shape[0]
-        proto = proto.detach().expand(b, -1).clone().requires_grad_(True)
-        opt = torch.optim.Adam([proto], lr=self.params.refine_lr)
-        dims = (1, 2, 3)
-
-        def normalised(x):
-            lo, hi = x.amin(dims, keepdim=True), x.amax(dims, keepdim=True)
-            return torch.sigmoid((x - lo) / (hi - lo))
-
-        original = normalised(feats)
-        for _ in range(self.params.refine_iters):
-            with torch.enable_grad():
-                fg = (pred > 1.0 - pred)[:, None].to(feats.dtype)  # argmax of (1-p, p)
-                replaced = feats * (1.0 - fg) + proto[:, :, None, None] * fg
-                bce = F.binary_cross_entropy(original, normalised(replaced), reduction="none")
-                loss = bce.mean(dims).sum()  # per-query means: the queries' gradients stay separate
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            with torch.no_grad():
-                pred = self._path_probability(feats, proto, t)
-        return proto.detach()
+        """Test-time prototype refinement (see the module docstring;
+        :func:`fsmis.models.lineage.refine_prototype`): ``feats [B,C,h,w]``, ``proto [1,C]``
+        or ``[B,C]``, ``pred [B,h,w]`` the path's first prediction -> refined ``[B,C]``,
+        one per query."""
+        t = t.detach()
+        return refine_prototype(feats, proto, pred, lambda f, p: self._path_probability(f, p, t),
+                                self.params.refine_iters, self.params.refine_lr)
 
     def score(self, query_feats, state):
         """Logits on the fine feature grid (the coarse path upsampled to it)."""
