@@ -36,6 +36,7 @@ METHODS = {
     "adnet": "fsmis.models.adnet:ADNet",
     "qnet": "fsmis.models.qnet:QNet",
     "catnet": "fsmis.models.catnet:CATNet",
+    "rpt": "fsmis.models.rpt:RPT",
 }
 
 # names the workflow gives other meanings (baselines), and the shape of a path wildcard
