@@ -310,7 +310,7 @@ def test_demo_ablation_preset_runs_each_part_off(tmp_path, dry_run):
 def test_demo_zoo_preset_runs_both_lineages(tmp_path, dry_run):
     preset = REPO / "workflow" / "presets" / "demo-zoo.yaml"
     counts = dry_run(tmp_path, "--configfile", str(DEMO_CONFIG), str(preset))
-    # 8 methods + untrained x the demo's 3 folds; the ADNet lineage needs the supervoxels,
+    # 9 methods + untrained x the demo's 3 folds; the ADNet lineage needs the supervoxels,
     # the SSL-ALPNet lineage the superpixels
-    assert counts["train"] == 9 * 3 and counts["evaluate"] == 10 * 3
+    assert counts["train"] == 10 * 3 and counts["evaluate"] == 11 * 3
     assert counts["supervoxels"] == counts["superpixels"] == 10

@@ -37,6 +37,7 @@ METHODS = {
     "qnet": "fsmis.models.qnet:QNet",
     "catnet": "fsmis.models.catnet:CATNet",
     "rpt": "fsmis.models.rpt:RPT",
+    "gmrd": "fsmis.models.gmrd:GMRD",
 }
 
 # names the workflow gives other meanings (baselines), and the shape of a path wildcard
