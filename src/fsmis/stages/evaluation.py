@@ -131,6 +131,9 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
               "test_cases": test_cases}
     with job("evaluate", tracking, params) as run:
         run.set_tags({"setting": setting, "protocols": ",".join(protocols), "seed": str(seed)})
+        import torch
+
+        torch.manual_seed(seed)  # methods that draw at test time (GMRD's descriptors) predict reproducibly
         t0 = time.perf_counter()
         rows, merged = [], {p: {} for p in protocols}
         geometry, loaded = {}, {}
