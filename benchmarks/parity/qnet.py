@@ -41,6 +41,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+if __package__:
+    from . import common
+else:
+    import common
+
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -58,36 +63,9 @@ def parse_args(argv=None):
 
 def import_reference(path: str, libs: str | None):
     """The checkout's ``FewShotSeg``, torchvision from ``libs``."""
+    common.load_torchvision(libs)
     if libs:
         sys.path.insert(0, str(Path(libs).resolve()))
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        raise SystemExit("the reference needs torchvision: pip install --no-deps --target DIR "
-                         "'torchvision==<the release of your torch>' and pass --reference-libs DIR") from None
-    except RuntimeError:
-        # compiled operators of another torch build: skip their fake kernels, the ResNet needs none
-        import torch.library as library
-
-        plain = library.register_fake
-
-        def tolerant(op, *a, **k):
-            register = plain(op, *a, **k)
-
-            def decorate(fn):
-                try:
-                    return register(fn)
-                except RuntimeError:
-                    return fn
-            return decorate
-
-        library.register_fake = tolerant
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        try:
-            import torchvision  # noqa: F401, F811
-        finally:
-            library.register_fake = plain
     sys.path.insert(0, str(Path(path).resolve()))
     return importlib.import_module("models.fewshot").FewShotSeg
 
