@@ -51,6 +51,23 @@ def test_softmax_pool_is_weighted_sum():
     assert P.softmax_pool(s).item() == pytest.approx(expected, rel=1e-6)
 
 
+def test_pooled_cosine_by_hand_and_equal_to_the_two_step_form():
+    # one query position [1, 0]; prototypes at 45 and 90 degrees and along it
+    q = torch.tensor([1.0, 0.0]).view(1, 2, 1, 1)
+    protos = torch.tensor([[1.0, 1.0], [0.0, 2.0], [3.0, 0.0]])
+    s = [20 / math.sqrt(2), 0.0, 20.0]
+    expected = sum(math.exp(x) * x for x in s) / sum(math.exp(x) for x in s)
+    assert P.pooled_cosine(q, protos, 20.0).item() == pytest.approx(expected, rel=1e-6)
+    # shared [K,C] and per-query [B,K,C] prototypes, against softmax_pool(cosine_scores(...))
+    g = torch.Generator().manual_seed(0)
+    q = torch.randn(3, 8, 5, 6, generator=g)
+    for protos in (torch.randn(7, 8, generator=g), torch.randn(3, 7, 8, generator=g)):
+        two_step = P.softmax_pool(P.cosine_scores(q, protos, 20.0))
+        fused = P.pooled_cosine(q, protos, 20.0)
+        assert fused.shape == (3, 1, 5, 6)
+        assert torch.allclose(fused, two_step, atol=1e-4)
+
+
 def test_resize_mask_bilinear_point_sampling():
     m = torch.zeros(1, 8, 8)
     m[:, :4] = 1

@@ -326,8 +326,8 @@ class DSPNet(FewShotSegmenter):
 
     def _score(self, q, st, kernel):
         protos = self.prototypes(q, st, kernel)
-        return torch.cat([P.softmax_pool(P.cosine_scores(q, protos["bg"], self.params.scale)),
-                          P.softmax_pool(P.cosine_scores(q, protos["fg"], self.params.scale))], dim=1)
+        return torch.cat([P.pooled_cosine(q, protos["bg"], self.params.scale),
+                          P.pooled_cosine(q, protos["fg"], self.params.scale)], dim=1)
 
     def _code_fspa(self, st, kernel):
         """FSPA term of the code's ``P_f = MAP(F_s) + FSPA``: ``[B, C]``."""

@@ -72,6 +72,19 @@ def softmax_pool(scores: torch.Tensor) -> torch.Tensor:
     return (F.softmax(scores, dim=1) * scores).sum(dim=1, keepdim=True)
 
 
+def pooled_cosine(query: torch.Tensor, prototypes: torch.Tensor, scale: float) -> torch.Tensor:
+    """``softmax_pool(cosine_scores(query, prototypes, scale))`` -> ``[B,1,h,w]``, computed
+    with the prototypes on the last axis (``[B,hw,K]``): the soft-max then reduces over
+    contiguous memory, 2-3x faster on a CPU than over ``K`` of ``[B,K,h,w]`` (measured
+    with 256 prototypes on a 32x32 grid, the demo's evaluation). Same values up to
+    float32 summation order (~1e-5 at scale 20)."""
+    q = safe_normalize(query, dim=1)
+    p = safe_normalize(prototypes, dim=-1)
+    b, _, h, w = q.shape
+    s = torch.matmul(q.flatten(2).transpose(1, 2), p.transpose(-1, -2)) * scale
+    return (F.softmax(s, dim=-1) * s).sum(-1).view(b, 1, h, w)
+
+
 def foreground(scores: torch.Tensor) -> torch.Tensor:
     """``[B,2,...]`` background/foreground scores -> the boolean ``[B,1,...]`` argmax
     prediction (a tie is background, as argmax's first index). A comparison instead of

@@ -60,6 +60,6 @@ class SSLALPNet(FewShotSegmenter):
         return {"bg": bg_protos, "fg": fg_protos}
 
     def score(self, query_feats, state):
-        bg = P.softmax_pool(P.cosine_scores(query_feats, state["bg"], self.params.scale))
-        fg = P.softmax_pool(P.cosine_scores(query_feats, state["fg"], self.params.scale))
+        bg = P.pooled_cosine(query_feats, state["bg"], self.params.scale)
+        fg = P.pooled_cosine(query_feats, state["fg"], self.params.scale)
         return torch.cat([bg, fg], dim=1)
