@@ -17,8 +17,8 @@ SCHEMA = REPO / "workflow" / "schemas" / "config.schema.yaml"
 
 def test_demo_dry_run_builds_the_whole_experiment(tmp_path, dry_run):
     counts = dry_run(tmp_path)
-    # 10 phantom cases; 3 folds x setting "1"; methods ssl_alpnet + panet + dspnet on
-    # 2D superpixels and adnet on 3D supervoxels, baselines untrained (trained for 0
+    # 10 phantom cases; 3 folds x setting "1"; methods ssl_alpnet + dspnet on 2D
+    # superpixels and adnet on 3D supervoxels, baselines untrained (trained for 0
     # steps) + mask_transfer (evaluated only).
     assert counts == {
         "generate_phantom": 1,
@@ -29,8 +29,8 @@ def test_demo_dry_run_builds_the_whole_experiment(tmp_path, dry_run):
         "superpixels": 10,
         "supervoxels": 10,
         "splits": 1,
-        "train": 3 * 5,
-        "evaluate": 3 * 6,
+        "train": 3 * 4,
+        "evaluate": 3 * 5,
         "report": 1,
         "all": 1,
     }
@@ -85,7 +85,7 @@ def test_pseudo_labels_follow_the_method_or_the_config(tmp_path, dry_run):
 
 
 def test_one_fold_can_be_rerun_by_asking_for_its_file(tmp_path, dry_run):
-    counts = dry_run(tmp_path, "results/demo/panet/setting1/seed1234/fold0/metrics.json")
+    counts = dry_run(tmp_path, "results/demo/ssl_alpnet/setting1/seed1234/fold0/metrics.json")
     assert counts["train"] == 1
     assert counts["evaluate"] == 1
     assert "report" not in counts and "all" not in counts
