@@ -1,8 +1,11 @@
 """Episode augmentation of the SSL-ALPNet reference (``sabs_aug``), in torch.
 
 Geometry (same map for image and mask): rotation U(-5, 5) deg about the centre,
-translation U(-5, 5) px, shear U(-5, 5) deg with matrix [[1, -sin s], [0, cos s]],
-isotropic zoom U(0.9, 1.2); composed rotate -> translate -> shear -> zoom; then an
+translation U(-5, 5) px, shear U(-5, 5) deg with matrix [[1, -sin s], [0, cos s]]
+about the centre (``shear_about: centre``; the reference's cv2 matrix shears about
+the top-left corner, which adds an x shift of -sin(s) (H - 1) / 2, up to 11 px at
+256, to every shear: ``shear_about: corner`` reproduces it), isotropic zoom
+U(0.9, 1.2); composed rotate -> translate -> shear -> zoom; then an
 elastic field (uniform noise in [-1, 1], Gaussian-blurred with sigma 5, times
 alpha 10 px). Intensity: gamma U(0.5, 1.5) on the slice rescaled to [0, 1] by its own
 min/max. Pixel quantities are defined for the papers' 256x256 slices and scaled by
@@ -57,14 +60,31 @@ def _gaussian_blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
     return torch.matmul(torch.matmul(m, x), m.t())
 
 
-def affine_matrix(rot_deg: float, tx: float, ty: float, shear_deg: float, zoom: float) -> torch.Tensor:
-    """3x3 forward map in centred pixel coordinates (x, y): Z @ S @ T @ R."""
+SHEAR_CENTRES = ("centre", "corner")
+
+
+def affine_matrix(rot_deg: float, tx: float, ty: float, shear_deg: float, zoom: float, size: int | None = None,
+                  shear_about: str = "centre") -> torch.Tensor:
+    """3x3 forward map in centred pixel coordinates (x, y): Z @ S @ T @ R.
+
+    ``shear_about="corner"`` (needs ``size``) moves the shear's fixed point to the
+    top-left pixel ``o = -(size - 1) / 2``, where the reference's cv2 matrix has it:
+    S(p - o) + o = S p + (o - S o), a translation that the later zoom scales."""
     a, s = math.radians(rot_deg), math.radians(shear_deg)
     R = torch.tensor([[math.cos(a), -math.sin(a), 0.0], [math.sin(a), math.cos(a), 0.0], [0, 0, 1]])
     T = torch.tensor([[1.0, 0, tx], [0, 1, ty], [0, 0, 1]])
     S = torch.tensor([[1.0, -math.sin(s), 0], [0, math.cos(s), 0], [0, 0, 1]])
     Z = torch.tensor([[zoom, 0, 0], [0, zoom, 0], [0, 0, 1.0]])
-    return Z @ S @ T @ R
+    m = Z @ S @ T @ R
+    if shear_about == "corner":
+        if size is None:
+            raise ValueError("shear_about='corner' needs the slice size")
+        o = -(size - 1) / 2
+        m[0, 2] += zoom * math.sin(s) * o
+        m[1, 2] += zoom * (1 - math.cos(s)) * o
+    elif shear_about != "centre":
+        raise ValueError(f"shear_about must be one of {SHEAR_CENTRES}, got {shear_about!r}")
+    return m
 
 
 @functools.lru_cache(maxsize=8)
@@ -111,6 +131,7 @@ def augment(image: torch.Tensor, mask: torch.Tensor, cfg: dict, gen: torch.Gener
     if cfg.get("elastic_alpha", 0) > 0:
         noise = torch.rand((2, 1, size, size), generator=gen) * 2 - 1
         disp = _gaussian_blur(noise, cfg["elastic_sigma"] * px)[:, 0] * cfg["elastic_alpha"] * px
-    img, msk = warp(image, mask, affine_matrix(rot, tx, ty, sh, zm), disp)
+    forward = affine_matrix(rot, tx, ty, sh, zm, size, cfg.get("shear_about", "centre"))
+    img, msk = warp(image, mask, forward, disp)
     g = _uniform(gen, *cfg["gamma"])
     return gamma(img, g), msk
