@@ -463,34 +463,9 @@ def import_reference(path: str, libs: str | None):
     if libs:
         sys.path.insert(0, str(Path(libs).resolve()))
     kind = reference_kind(path)
-    missing = []
-    try:
-        import torchvision  # noqa: F401
-    except ImportError:
-        missing.append("torchvision")
-    except RuntimeError:
-        # a torchvision wheel whose compiled operators belong to another torch build
-        # fails while registering their fake kernels; the models need none of them
-        import torch.library as library
+    from parity.common import import_torchvision  # the parity harness's tolerant import
 
-        plain = library.register_fake
-
-        def tolerant(op, *a, **k):
-            register = plain(op, *a, **k)
-
-            def decorate(fn):
-                try:
-                    return register(fn)
-                except RuntimeError:
-                    return fn
-            return decorate
-        library.register_fake = tolerant
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        try:
-            import torchvision  # noqa: F401, F811
-        finally:
-            library.register_fake = plain
+    missing = [] if import_torchvision() is not None else ["torchvision"]
     if kind == "dspnet":
         try:
             import cv2  # noqa: F401

@@ -31,11 +31,8 @@ CPU time (the CPU time is the steadier one on a shared machine; use ``--threads 
 
 from __future__ import annotations
 
-import statistics
-
 import torch
 
-from fsmis import train as training_loop
 from fsmis.models import prototypes as P
 from fsmis.models.adnet import ADNet
 from fsmis.models.lineage import PROB_EPS as EPS
@@ -175,28 +172,16 @@ def evaluation_round(report, ours, ref, ep):
 
 
 def timing(args, ep, rounds):
-    cfg = {"bg_weight": 0.05, "fg_weight": 1.0, "align_weight": 1.0, "lr": 1e-3, "momentum": 0.9,
-           "weight_decay": 5e-4, "lr_step": 1000, "lr_gamma": 0.95, "steps": 1000}
-    steps = {}
+    models = {}
     for name, cls in (("adnet", ADNet), ("ssl_alpnet", SSLALPNet)):
         torch.manual_seed(args.seed)
-        model = cls(cls.build_backbone(TRUNK)).train()
-        opt, _ = training_loop.make_optimizer(model, cfg)
-        steps[name] = (lambda m=model, o=opt: training_loop.training_step(m, ep, cfg, o))
-    times = common.alternate(steps, rounds, warmup=1)
-    for clock in ("wall", "cpu"):
-        med = {k: statistics.median(v[clock]) for k, v in times.items()}
-        for k, v in times.items():
-            print(f"  training step {k:<11} {clock:>4} median {med[k]:7.3f} s  "
-                  f"(all: {', '.join(f'{x:.3f}' for x in v[clock])})")
-        print(f"  ratio adnet / ssl_alpnet ({clock}): {med['adnet'] / med['ssl_alpnet']:.3f}")
-    print(f"  threads: {torch.get_num_threads()}, {rounds} rounds after 1 warm-up")
+        models[name] = cls(cls.build_backbone(TRUNK)).train()
+    common.print_timing(common.alternate(common.training_steps(models, ep), rounds, warmup=1), "adnet")
 
 
 def main(argv=None) -> int:
     p = common.parser(__doc__.split("\n\n")[0], reference_required=False)
-    p.add_argument("--timing", type=int, default=0, help="timed training-step rounds of ADNet vs SSL-ALPNet (0: none)")
-    p.add_argument("--timing-only", action="store_true", help="only the timing (no reference needed)")
+    common.add_timing_args(p, "ADNet")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)

@@ -51,13 +51,11 @@ from __future__ import annotations
 
 import copy
 import shutil
-import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 
-from fsmis import train as training_loop
 from fsmis.models import catnet as catnet_module
 from fsmis.models import prototypes as P
 from fsmis.models.catnet import CATNet
@@ -314,14 +312,11 @@ def compare_pair(report, title, ours, ref, args):
 def timing(args, ep, rounds):
     """Training steps of our CAT-Net and SSL-ALPNet, round-robin; and CAT-Net's head alone
     (everything after the encoder, forward and backward, on fixed features)."""
-    cfg = {"bg_weight": 0.05, "fg_weight": 1.0, "align_weight": 1.0, "lr": 1e-3, "momentum": 0.9,
-           "weight_decay": 5e-4, "lr_step": 1000, "lr_gamma": 0.95, "steps": 1000}
-    steps, models = {}, {}
+    models = {}
     for name, cls in (("catnet", CATNet), ("ssl_alpnet", SSLALPNet)):
         torch.manual_seed(args.seed)
-        models[name] = model = cls(cls.build_backbone(TRUNK)).train()
-        opt, _ = training_loop.make_optimizer(model, cfg)
-        steps[name] = (lambda m=model, o=opt: training_loop.training_step(m, ep, cfg, o))
+        models[name] = cls(cls.build_backbone(TRUNK)).train()
+    steps = common.training_steps(models, ep)
     cat = models["catnet"]
     with torch.no_grad():
         feats = cat.encode(torch.cat([ep["sup_img"], ep["qry_img"]]))
@@ -334,21 +329,15 @@ def timing(args, ep, rounds):
         loss = lineage_nll(p, ep["qry_label"]) + cat.alignment_loss(out["fused_p"], out["fused"], f[:1], ep["sup_fg"])
         loss.backward()
     steps["catnet head"] = head
-    times = common.alternate(steps, rounds, warmup=1)
+    med = common.print_timing(common.alternate(steps, rounds, warmup=1), "catnet")
     for clock in ("wall", "cpu"):
-        med = {k: statistics.median(v[clock]) for k, v in times.items()}
-        for k, v in times.items():
-            print(f"  {k:<16} {clock:>4} median {med[k]:7.3f} s  (all: {', '.join(f'{x:.3f}' for x in v[clock])})")
-        print(f"  ratio catnet / ssl_alpnet ({clock}): {med['catnet'] / med['ssl_alpnet']:.3f}; CAT-Net's head "
-              f"(self-attention, prior, fusion, cross-attention, losses, their backward): "
-              f"{med['catnet head'] / med['catnet'] * 100:.1f} % of its step")
-    print(f"  threads: {torch.get_num_threads()}, {rounds} rounds after 1 warm-up")
+        print(f"  {clock}: CAT-Net's head (self-attention, prior, fusion, cross-attention, losses, their backward): "
+              f"{med['catnet head'][clock] / med['catnet'][clock] * 100:.1f} % of its step")
 
 
 def main(argv=None) -> int:
     p = common.parser(__doc__.split("\n\n")[0], reference_required=False)
-    p.add_argument("--timing", type=int, default=0, help="timed training-step rounds of CAT-Net vs SSL-ALPNet")
-    p.add_argument("--timing-only", action="store_true", help="only the timing (no reference needed)")
+    common.add_timing_args(p, "CAT-Net")
     p.add_argument("--only", choices=["A", "B"], default=None, help="compare one pair only")
     args = p.parse_args(argv)
     if args.threads:

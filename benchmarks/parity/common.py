@@ -114,20 +114,31 @@ def _tolerant_fake_registrations():
         library.register_fake = plain
 
 
+def import_torchvision():
+    """torchvision from ``sys.path``, or None when it is not installed. A wheel whose
+    compiled operators belong to another torch build fails while registering their
+    fake kernels; it is imported again with those registrations skipped (the
+    references' models need none of them)."""
+    try:
+        import torchvision
+    except ImportError:
+        return None
+    except RuntimeError:
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        with _tolerant_fake_registrations():
+            import torchvision
+    return torchvision
+
+
 def load_torchvision(libs: str | Path | None):
     """torchvision, from ``libs`` if given (see the module docstring)."""
     with on_path(libs):
-        try:
-            import torchvision
-        except ImportError:
-            raise SystemExit("the reference needs torchvision, which this project does not install: "
-                             "pip install --no-deps --target DIR \"torchvision==0.28.*\" (the release built with "
-                             "torch 2.13) and pass --reference-libs DIR") from None
-        except RuntimeError:
-            for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-                del sys.modules[name]
-            with _tolerant_fake_registrations():
-                import torchvision
+        torchvision = import_torchvision()
+    if torchvision is None:
+        raise SystemExit("the reference needs torchvision, which this project does not install: "
+                         "pip install --no-deps --target DIR \"torchvision==0.28.*\" (the release built with "
+                         "torch 2.13) and pass --reference-libs DIR")
     return torchvision
 
 
@@ -393,3 +404,70 @@ def alternate(steps: Mapping[str, Callable[[], object]], rounds: int, warmup: in
                 times[k]["wall"].append(time.perf_counter() - w0)
                 times[k]["cpu"].append(time.process_time() - c0)
     return times
+
+
+# --------------------------------------------------------------------------------------
+# Step timing beside SSL-ALPNet (each script's --timing)
+# --------------------------------------------------------------------------------------
+
+# the training loop's settings of the reference (``fsmis.train``); only the optimiser's
+# cost matters here, so the schedule's length is arbitrary
+TIMING_CFG = {"bg_weight": 0.05, "fg_weight": 1.0, "align_weight": 1.0, "lr": 1e-3, "momentum": 0.9,
+              "weight_decay": 5e-4, "lr_step": 1000, "lr_gamma": 0.95, "steps": 1000}
+
+
+def add_timing_args(p: argparse.ArgumentParser, method: str, only_flag: str = "--timing-only") -> None:
+    p.add_argument("--timing", type=int, default=0,
+                   help=f"timed training-step rounds of {method} vs SSL-ALPNet (0: none)")
+    p.add_argument(only_flag, action="store_true", help="only the timing (no reference needed)")
+
+
+def training_steps(models: Mapping[str, nn.Module], ep: dict) -> dict[str, Callable[[], object]]:
+    """``{name: one training step of that model on ep}`` (``fsmis.train.training_step``,
+    SGD, each model its own optimiser); models that train on the query label get it."""
+    from fsmis import train as training_loop
+
+    steps = {}
+    for name, model in models.items():
+        opt, _ = training_loop.make_optimizer(model, TIMING_CFG)
+        with_label = bool(getattr(model, "takes_query_label", False))
+        steps[name] = (lambda m=model, o=opt, w=with_label: training_loop.training_step(m, ep, TIMING_CFG, o,
+                                                                                          with_label=w))
+    return steps
+
+
+def trunk_step(module: nn.Module, encode: Callable[[torch.Tensor], torch.Tensor], ep: dict) -> Callable[[], None]:
+    """A training step of an encoder alone: ``encode`` on support and query, the mean
+    as the loss, backward, SGD step on ``module``'s parameters."""
+    from fsmis import train as training_loop
+
+    opt, _ = training_loop.make_optimizer(module, TIMING_CFG)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        encode(torch.cat([ep["sup_img"], ep["qry_img"]])).mean().backward()
+        opt.step()
+
+    return step
+
+
+def print_timing(times: Mapping[str, dict], method: str, baseline: str = "ssl_alpnet",
+                 trunk: str | None = None) -> dict[str, dict[str, float]]:
+    """Medians of :func:`alternate`'s times, per step and clock, then ``method /
+    baseline`` per clock (and the method's own part, ``method - trunk``, if a trunk step
+    was timed). Returns ``{name: {"wall": median, "cpu": median}}``."""
+    import statistics
+
+    med = {k: {c: statistics.median(v[c]) for c in ("wall", "cpu")} for k, v in times.items()}
+    for k, v in times.items():
+        print(f"  training step {k:<20} median wall {med[k]['wall']:.3f} s, CPU {med[k]['cpu']:.3f} s  "
+              f"(wall: {', '.join(f'{x:.3f}' for x in v['wall'])})")
+    for clock in ("wall", "cpu"):
+        m = {k: v[clock] for k, v in med.items()}
+        line = f"  {clock}: ratio {method} / {baseline} {m[method] / m[baseline]:.3f}"
+        if trunk:
+            line += (f"; {trunk} / {baseline} {m[trunk] / m[baseline]:.3f}; {method}'s own part "
+                     f"({method} - trunk) {m[method] - m[trunk]:.3f} s")
+        print(line)
+    print(f"  threads: {torch.get_num_threads()}, {len(next(iter(times.values()))['wall'])} rounds after 1 warm-up")
+    return med

@@ -47,11 +47,9 @@ round-robin in this process (``--timing-only``: no parity run).
 from __future__ import annotations
 
 import random
-import statistics
 
 import torch
 
-from fsmis import train as training_loop
 from fsmis.models import prototypes as P
 from fsmis.models import registry
 from fsmis.models.gmrd import GMRD, GMRDParams
@@ -279,48 +277,28 @@ def balance_foreground(ours, ref, ep, seed, share=1 / 3):
 
 
 def timing(args, ep, rounds):
-    cfg = {"bg_weight": 0.05, "fg_weight": 1.0, "align_weight": 1.0, "lr": 1e-3, "momentum": 0.9,
-           "weight_decay": 5e-4, "lr_step": 1000, "lr_gamma": 0.95, "steps": 1000}
     torch.manual_seed(args.seed)
-    gmrd = GMRD(GMRD.build_backbone(TRUNK)).train()
+    gmrd = GMRD(GMRD.build_backbone(TRUNK), GMRDParams(image_size=args.size)).train()
     alp = registry.build("ssl_alpnet", TRUNK).train()
-    steps = {}
-    for name, model in (("gmrd", gmrd), ("ssl_alpnet", alp)):
-        opt, _ = training_loop.make_optimizer(model, cfg)
-        steps[name] = (lambda m=model, o=opt: training_loop.training_step(m, ep, cfg, o))
-    trunk_opt, _ = training_loop.make_optimizer(gmrd.backbone, cfg)
-
-    def trunk_step():
-        trunk_opt.zero_grad(set_to_none=True)
-        feats, _ = gmrd.backbone(torch.cat([ep["sup_img"], ep["qry_img"]]))  # t unused, as in GMRD's step
-        feats.mean().backward()
-        trunk_opt.step()
-
-    steps["lineage trunk alone"] = trunk_step
-    times = common.alternate(steps, rounds, warmup=1)
-    med = {k: {kind: statistics.median(v[kind]) for kind in ("wall", "cpu")} for k, v in times.items()}
-    for k, v in times.items():
-        print(f"  training step {k:<20} median wall {med[k]['wall']:.3f} s, CPU {med[k]['cpu']:.3f} s  (wall: "
-              f"{', '.join(f'{x:.3f}' for x in v['wall'])})")
-    for kind in ("wall", "cpu"):
-        gmrd_s, alp_s, trunk_s = (med[k][kind] for k in ("gmrd", "ssl_alpnet", "lineage trunk alone"))
-        print(f"  {kind}: gmrd / ssl_alpnet {gmrd_s / alp_s:.3f}; lineage trunk alone / ssl_alpnet "
-              f"{trunk_s / alp_s:.3f}; GMRD's own part (gmrd - trunk) {gmrd_s - trunk_s:.3f} s")
-    print(f"  threads: {torch.get_num_threads()}")
+    steps = common.training_steps({"gmrd": gmrd, "ssl_alpnet": alp}, ep)
+    # the trunk returns (features, t); GMRD's step does not use t
+    steps["lineage trunk alone"] = common.trunk_step(gmrd.backbone, lambda x: gmrd.backbone(x)[0], ep)
+    common.print_timing(common.alternate(steps, rounds, warmup=1), "gmrd", trunk="lineage trunk alone")
 
 
 def main(argv=None) -> int:
-    p = common.parser(__doc__.split("\n\n")[0])
+    p = common.parser(__doc__.split("\n\n")[0], reference_required=False)
     p.add_argument("--snapshot", choices=["current", "nov2023"], default="current",
                    help="which reference code the checkout is: HEAD (3334d87) or 45ba5c2 (ReLU, descriptor losses)")
-    p.add_argument("--timing", type=int, default=0, help="timed training-step rounds of GMRD vs SSL-ALPNet (0: none)")
-    p.add_argument("--timing-only", action="store_true", help="the timing alone, no parity run")
+    common.add_timing_args(p, "GMRD")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.timing_only:
         timing(args, common.episode(args.size, args.seed), max(args.timing, 1))
         return 0
+    if not args.reference:
+        p.error("--reference is required (unless --timing-only)")
     nov2023 = args.snapshot == "nov2023"
     torchvision = common.load_torchvision(args.reference_libs)
     params = GMRDParams(image_size=args.size, outer_edge="reference", mlp_relu=nov2023,

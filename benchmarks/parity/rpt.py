@@ -64,7 +64,6 @@ round-robin in this process.
 
 from __future__ import annotations
 
-import statistics
 import sys
 import types
 
@@ -72,7 +71,6 @@ import numpy as np
 import torch
 from torch import nn
 
-from fsmis import train as training_loop
 from fsmis.models import registry
 from fsmis.models.lineage import PROB_EPS, LineageEncoder, similarity
 from fsmis.models.prototypes import segmentation_loss
@@ -315,41 +313,17 @@ def defaults_for_information(ep, seed, weights, ref_losses):
 
 
 def timing(args, ep, rounds):
-    cfg = {"bg_weight": 0.05, "fg_weight": 1.0, "align_weight": 1.0, "lr": 1e-3, "momentum": 0.9,
-           "weight_decay": 5e-4, "lr_step": 1000, "lr_gamma": 0.95, "steps": 1000}
     torch.manual_seed(args.seed)
     rpt = RPT(RPT.build_backbone(TRUNK)).train()
     alp = registry.build("ssl_alpnet", TRUNK).train()
-    steps = {}
-    for name, model in (("rpt", rpt), ("ssl_alpnet", alp)):
-        opt, _ = training_loop.make_optimizer(model, cfg)
-        steps[name] = (lambda m=model, o=opt: training_loop.training_step(m, ep, cfg, o,
-                                                                           with_label=m.takes_query_label))
-    trunk_opt, _ = training_loop.make_optimizer(rpt.backbone, cfg)
-
-    def trunk_step():
-        trunk_opt.zero_grad(set_to_none=True)
-        rpt.encode(torch.cat([ep["sup_img"], ep["qry_img"]])).mean().backward()
-        trunk_opt.step()
-
-    steps["lineage trunk alone"] = trunk_step
-    times = common.alternate(steps, rounds, warmup=1)
-    med = {k: {kind: statistics.median(v[kind]) for kind in ("wall", "cpu")} for k, v in times.items()}
-    for k, v in times.items():
-        print(f"  training step {k:<20} median wall {med[k]['wall']:.3f} s, CPU {med[k]['cpu']:.3f} s  "
-              f"(wall: {', '.join(f'{x:.3f}' for x in v['wall'])})")
-    for kind in ("wall", "cpu"):
-        m = {k: v[kind] for k, v in med.items()}
-        print(f"  {kind}: ratio rpt / ssl_alpnet {m['rpt'] / m['ssl_alpnet']:.3f}; lineage trunk / ssl_alpnet "
-              f"{m['lineage trunk alone'] / m['ssl_alpnet']:.3f}; RPT's own part (rpt - trunk) "
-              f"{m['rpt'] - m['lineage trunk alone']:.3f} s")
-    print(f"  (threads: {torch.get_num_threads()})")
+    steps = common.training_steps({"rpt": rpt, "ssl_alpnet": alp}, ep)
+    steps["lineage trunk alone"] = common.trunk_step(rpt.backbone, rpt.encode, ep)
+    common.print_timing(common.alternate(steps, rounds, warmup=1), "rpt", trunk="lineage trunk alone")
 
 
 def main(argv=None) -> int:
     p = common.parser(__doc__.split("\n\n")[0], reference_required=False)
-    p.add_argument("--timing", type=int, default=0, help="timed training-step rounds of RPT vs SSL-ALPNet (0: none)")
-    p.add_argument("--no-parity", action="store_true", help="only the timing")
+    common.add_timing_args(p, "RPT", only_flag="--no-parity")
     p.add_argument("--rounding-probe", action="store_true",
                    help="also train ours with the regional means summed in the reference's order")
     p.add_argument("--double", action="store_true",
