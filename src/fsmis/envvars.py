@@ -15,6 +15,10 @@ FSMIS_ZENODO_API: Zenodo API base URL (tests point it at a fake server).
 FSMIS_WEIGHTS_URL: folder URL to download pretrained weights from instead of the table's.
 FSMIS_EXTRA_METHODS: ``name=module:Class[,...]``, methods added to the model registry.
 FSMIS_CONFIG_DETAIL: ``1`` adds jsonschema's own message to each config error line.
+FSMIS_DEVICES: the device ids GPU jobs share (overrides CUDA_VISIBLE_DEVICES and
+    nvidia-smi; empty means CPU only), fsmis.devices.
+FSMIS_LEASE_DIR: folder of the device lock files (default ``/tmp/fsmis-leases-<uid>``).
+FSMIS_DEVICE_WAIT: seconds a GPU job waits for a free device (default 600).
 """
 
 FSMIS_TRACKING = "FSMIS_TRACKING"
@@ -28,3 +32,6 @@ FSMIS_ZENODO_API = "FSMIS_ZENODO_API"
 FSMIS_WEIGHTS_URL = "FSMIS_WEIGHTS_URL"
 FSMIS_EXTRA_METHODS = "FSMIS_EXTRA_METHODS"
 FSMIS_CONFIG_DETAIL = "FSMIS_CONFIG_DETAIL"
+FSMIS_DEVICES = "FSMIS_DEVICES"
+FSMIS_LEASE_DIR = "FSMIS_LEASE_DIR"
+FSMIS_DEVICE_WAIT = "FSMIS_DEVICE_WAIT"

@@ -79,6 +79,21 @@ ENVVARS = fsmis_module("fsmis.envvars")
 # templates, so a path is spelled in one place.
 PATHS = fsmis_module("fsmis.paths")
 
+# One GPU job per device: on a local run with N visible GPUs (fsmis.devices) at most N
+# jobs that ask for `gpu` run at once, and each leases a device of its own (job script
+# fsmis_job.start). --resources gpu=K overrides. No limit on a cluster (its scheduler
+# places GPU jobs) nor without GPUs (nothing may hold back the training jobs).
+DEVICES = fsmis_module("fsmis.devices")
+try:
+    GPU_LIMIT = DEVICES.local_gpu_limit(
+        workflow.is_main_process, workflow.resource_settings.cores, workflow.resource_settings.nodes
+    )
+except DEVICES.DeviceError as err:
+    raise WorkflowError(str(err)) from None
+if GPU_LIMIT:
+    GPU_JOBS = workflow.global_resources.setdefault("gpu", GPU_LIMIT).value
+    logger.info(f"{GPU_LIMIT} GPU(s) visible: at most {GPU_JOBS} GPU jobs at once, each on a device of its own")
+
 
 # Registered methods: fsmis.models.registry (standard library only, so no torch at
 # parse time), its METHODS plus any of FSMIS_EXTRA_METHODS. `untrained` is SSL-ALPNet's

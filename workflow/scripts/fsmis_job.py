@@ -40,6 +40,15 @@ def start(snakemake) -> dict:
 
     from fsmis import envvars  # importable only now
 
+    # A job that asks for a GPU leases a device of its own before torch can initialise
+    # CUDA (fsmis.devices); the stage logs its id in the job's MLflow run.
+    device_id = None
+    if snakemake.resources.get("gpu", 0):
+        from fsmis.devices import lease_for_job
+
+        device_id = lease_for_job() or "cpu"
+        logger.info("device %s", device_id)
+
     # Computed once per invocation in workflow/rules/common.smk and exported by the
     # Snakefile's onstart handler; recomputed (same function, same config) if a job runs
     # without it.
@@ -48,12 +57,15 @@ def start(snakemake) -> dict:
         from fsmis.config import config_hash as hash_config
 
         config_hash = hash_config(snakemake.config)
-    return {
+    tracking = {
         "experiment": snakemake.config["experiment"],
         "rule": snakemake.rule,
         "wildcards": wildcards,
         "config_hash": config_hash,
     }
+    if device_id is not None:
+        tracking["device_id"] = device_id
+    return tracking
 
 
 def _ensure_fsmis_importable(logger: logging.Logger) -> None:

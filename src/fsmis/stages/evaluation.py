@@ -129,6 +129,8 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
     params = {"method": method, "setting": setting, "fold": fold, "seed": seed, "protocols": protocols,
               "n_parts": n_parts, "groups": groups, "support": split.support, "supports": choices,
               "test_cases": test_cases}
+    if "device_id" in tracking:  # the GPU the job leased, "cpu" without one (fsmis.devices)
+        params["device_id"] = tracking["device_id"]
     with job("evaluate", tracking, params) as run:
         run.set_tags({"setting": setting, "protocols": ",".join(protocols), "seed": str(seed)})
         import torch

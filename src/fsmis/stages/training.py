@@ -76,6 +76,8 @@ def train(method: str, setting: str, fold: int, config: dict, method_params: dic
     params = {"method": method, "setting": setting, "fold": fold, "group": group, "test_classes": groups[group],
               "seed": seed, "model": config["model"], "method_params": base["method_params"],
               "train": config["train"], "train_cases": train_cases}
+    if "device_id" in tracking:  # the GPU the job leased, "cpu" without one (fsmis.devices)
+        params["device_id"] = tracking["device_id"]
     with job("train", tracking, params) as run:
         volumes = [read_array(case_file(images, c, "image")) for c in train_cases]
         modalities = [modality_of[c] for c in train_cases]
