@@ -92,23 +92,29 @@ onstart:
 
 onsuccess:
     report_skipped_cases()
-    fsmis_tracking().flush_spool(MLFLOW_SPOOL)
+    # The parent's end first: a store that fails records it in the spool too, and the
+    # flush then names everything that waits there in one line.
     if os.environ.get(ENVVARS.FSMIS_MLFLOW_PARENT_RUN_ID):
         fsmis_tracking().end_parent(
             os.environ[ENVVARS.FSMIS_MLFLOW_PARENT_RUN_ID],
             status="FINISHED",
             log_file=first_or_none(log),
+            spool=MLFLOW_SPOOL,
         )
+    fsmis_tracking().flush_spool(MLFLOW_SPOOL)
     # last: where the results are and what they say
     print_run_summary()
 
 
 onerror:
-    fsmis_tracking().flush_spool(MLFLOW_SPOOL)
     if os.environ.get(ENVVARS.FSMIS_MLFLOW_PARENT_RUN_ID):
         fsmis_tracking().end_parent(
-            os.environ[ENVVARS.FSMIS_MLFLOW_PARENT_RUN_ID], status="FAILED", log_file=first_or_none(log)
+            os.environ[ENVVARS.FSMIS_MLFLOW_PARENT_RUN_ID],
+            status="FAILED",
+            log_file=first_or_none(log),
+            spool=MLFLOW_SPOOL,
         )
+    fsmis_tracking().flush_spool(MLFLOW_SPOOL)
 
 
 rule all:

@@ -431,6 +431,17 @@ def check_the_mlflow_ui_serves_the_runs(command, request):
             server.wait(timeout=30)
 
 
+@check(".venv/bin/python -m fsmis.tracking store-spool results/mlflow/spool")
+def check_storing_the_spool_by_hand_finds_nothing_waiting_after_a_run(command, request):
+    """In the finished tiny demo every run was stored at the end: the command stores
+    nothing, says so and exits 0 (1 would mean runs still wait)."""
+    steps = request.getfixturevalue("finished")
+    args = shlex.split(command)
+    result = subprocess.run([sys.executable, *args[1:]], cwd=steps["dir"], capture_output=True, text=True,
+                            env={k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 @check(COMPARE)
 def check_compare_prints_dice_in_percent(command, request):
     """In the finished tiny demo's directory: a table of methods x folds from the store,

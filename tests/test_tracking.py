@@ -9,8 +9,11 @@ from __future__ import annotations
 import json
 import logging
 import multiprocessing
+import os
 import shutil
+import socket
 import sqlite3
+import time
 from pathlib import Path
 
 import pytest
@@ -346,3 +349,152 @@ def test_a_spooled_run_whose_logging_fails_is_stored_once_and_closed(store, tmp_
     runs = tracking.search("demo")
     assert len(runs) == 1 and runs.iloc[0]["status"] == "FINISHED"
     assert runs.iloc[0]["metrics.oracle/mean_dice"] == 0.5
+
+
+# ------------------------------------------------------------------ a server that does not answer
+
+
+def test_bounded_http_bounds_mlflow_retries_unless_the_user_set_them(monkeypatch):
+    for name in tracking.store.HTTP_BOUNDS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "300")  # the user's choice wins
+    with tracking.store.bounded_http():
+        from mlflow.environment_variables import (
+            MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR,
+            MLFLOW_HTTP_REQUEST_MAX_RETRIES,
+            MLFLOW_HTTP_REQUEST_TIMEOUT,
+        )
+
+        assert MLFLOW_HTTP_REQUEST_MAX_RETRIES.get() == 2 and MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR.get() == 1
+        assert MLFLOW_HTTP_REQUEST_TIMEOUT.get() == 300
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ  # jobs started later get MLflow's defaults
+    assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "300"
+
+
+def _dead_server() -> str:
+    """A URI on 127.0.0.1 where nothing listens (connections are refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+
+def test_a_server_that_is_down_keeps_every_record_and_one_line_says_how_to_store_them(tmp_path, monkeypatch,
+                                                                                       caplog):
+    uri = _dead_server()
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("FSMIS_MLFLOW_SPOOL", str(spool))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("FSMIS_TRACKING_STRICT", "0")
+    for fold in range(3):
+        with tracking.job_run("train", "demo", params={"a": fold}, tags={"wildcards": {"fold": fold}}) as run:
+            run.log_metrics({"loss": 1.0})
+    log_file = tmp_path / "snakemake.log"
+    log_file.write_text("the invocation's log\n")
+    tracking.spool.record_parent_end(spool, uri, "parent123", "FINISHED", 1234, log_file)
+    log_file.write_text("changed afterwards\n")
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING, logger="fsmis.tracking"):
+        assert tracking.flush_spool(spool) == 0
+    assert time.monotonic() - started < 15  # MLflow's own retries take ~4 min per request
+    assert tracking.spool.waiting(spool) == 4
+    lines = [r.getMessage() for r in caplog.records if r.name.startswith("fsmis.tracking")]
+    assert len(lines) == 1  # only the first record was tried: the line counts them all
+    assert lines[0] == (
+        f"MLflow tracking: the MLflow server {uri} could not be reached ([Errno 111] Connection refused); "
+        f"3 job runs and the end of the parent run wait in {spool}. Nothing is lost: the next snakemake "
+        f"invocation that runs a job stores them, or store them now with: python -m fsmis.tracking store-spool {spool}"
+    )
+    copies = list(spool.glob("*.files/snakemake.log"))  # taken when the end was recorded
+    assert [c.read_text() for c in copies] == ["the invocation's log\n"]
+
+
+def test_a_replay_cut_short_by_the_server_is_stored_once_on_the_retry(store, tmp_path, monkeypatch, caplog):
+    import requests
+    from mlflow import MlflowClient
+
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("FSMIS_MLFLOW_SPOOL", str(spool))
+    cm = tracking.job_run("train", "demo", params={"a": 1}, tags={"wildcards": {"fold": 0}})
+    run = cm.__enter__()  # a killed job: no end, a torn last line
+    run.log_metrics({"loss": 0.5}, step=3)
+    with open(run.path, "a") as handle:
+        handle.write('{"type": "metrics", "items": [["lo')
+    real = MlflowClient.set_terminated
+
+    def server_gone(self, *args, **kwargs):
+        raise requests.exceptions.ConnectionError("[Errno 104] Connection reset by peer")
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", server_gone)
+    monkeypatch.setenv("FSMIS_TRACKING_STRICT", "0")
+    with caplog.at_level(logging.WARNING, logger="fsmis.tracking"):
+        assert tracking.flush_spool(spool) == 0
+    assert "could not be reached ([Errno 104] Connection reset by peer); 1 job run waits" in caplog.text
+    lines = run.path.read_text().splitlines()
+    assert json.loads(lines[-1])["type"] == "created"  # on its own line after the torn one
+    partial = json.loads(lines[-1])["run_id"]
+
+    monkeypatch.setattr(MlflowClient, "set_terminated", real)
+    assert tracking.flush_spool(spool) == 1
+    runs = tracking.search("demo")
+    assert len(runs) == 1 and runs.iloc[0]["run_id"] != partial  # the partial run was deleted
+    assert runs.iloc[0]["status"] == "KILLED" and runs.iloc[0]["metrics.loss"] == 0.5
+
+
+def test_a_parent_end_the_store_refused_is_recorded_and_stored_later(store, tmp_path, monkeypatch):
+    good = f"sqlite:///{store}"
+    parent = tracking.start_parent("demo", {"x": 1})
+    blocker = tmp_path / "not_a_folder"
+    blocker.write_text("")
+    bad = f"sqlite:///{blocker}/mlflow.db"
+    spool = tmp_path / "spool"
+    log_file = tmp_path / "snakemake.log"
+    log_file.write_text("log\n")
+    monkeypatch.setenv("FSMIS_TRACKING_STRICT", "0")
+    tracking.end_parent(parent, "FAILED", uri=bad, log_file=log_file, spool=spool)
+    assert tracking.spool.waiting(spool) == 1
+    assert tracking.search("demo").iloc[0]["status"] == "RUNNING"
+    # stored into another store than the one recorded (the CLI's --uri)
+    assert tracking.flush_spool(spool, uri=good) == 1
+    row = tracking.search("demo").iloc[0]
+    assert row["run_id"] == parent and row["status"] == "FAILED"
+    from mlflow import MlflowClient
+
+    assert [a.path for a in MlflowClient(good).list_artifacts(parent, "snakemake")] == ["snakemake/snakemake.log"]
+
+
+def test_store_spool_command(store, tmp_path, monkeypatch, capsys):
+    from fsmis.tracking.__main__ import main
+
+    assert main(["store-spool", str(tmp_path / "nowhere")]) == 2
+    assert "spool folder" in capsys.readouterr().err
+    spool = tmp_path / "spool"
+    monkeypatch.setenv("FSMIS_MLFLOW_SPOOL", str(spool))
+    with tracking.job_run("evaluate", "demo", params={}, tags={}) as run:
+        run.log_metrics({"oracle/mean_dice": 0.25})
+    assert main(["store-spool", str(spool), "--uri", "file:./mlruns"]) == 2
+    assert "--uri" in capsys.readouterr().err
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")  # the record names its store
+    assert main(["store-spool", str(spool)]) == 0
+    assert capsys.readouterr().out == f"stored 1 record(s) from {spool}; 0 still wait\n"
+    assert tracking.search("demo", uri=f"sqlite:///{store}").iloc[0]["metrics.oracle/mean_dice"] == 0.25
+
+
+def test_the_handlers_calls_give_up_on_a_dead_server_and_keep_the_parent_end(tmp_path, monkeypatch, caplog):
+    # no retries here (the real bounds are timed above): only what each call does on failure
+    monkeypatch.setattr(tracking.store, "HTTP_BOUNDS", {**tracking.store.HTTP_BOUNDS,
+                                                        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"})
+    monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
+    uri = _dead_server()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("FSMIS_TRACKING_STRICT", "0")
+    spool = tmp_path / "spool"
+    with caplog.at_level(logging.WARNING, logger="fsmis.tracking"):
+        assert tracking.init_store("demo") is None
+        assert tracking.start_parent("demo") is None
+        tracking.end_parent("0123abcd", "FAILED", spool=spool)
+    assert f"opening store {uri} failed ([Errno 111] Connection refused)" in caplog.text
+    assert f"creating the parent run in {uri} failed ([Errno 111] Connection refused)" in caplog.text
+    [record] = [json.loads(p.read_text()) for p in spool.glob("*.jsonl")]
+    assert {k: record[k] for k in ("type", "uri", "run_id", "status", "log")} == {
+        "type": "parent_end", "uri": uri, "run_id": "0123abcd", "status": "FAILED", "log": None}
+    assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ

@@ -15,13 +15,16 @@ Modules:
   logs through, live or spooled;
 - :mod:`~fsmis.tracking.values`: params, tags and hashes as MLflow stores them;
 - :mod:`~fsmis.tracking.spool`: runs recorded to files inside the workflow and stored
-  in one process by :func:`flush_spool`;
+  in one process by :func:`flush_spool`; ``python -m fsmis.tracking store-spool`` stores
+  the runs left there when the store could not be reached (an MLflow server that was down);
 - :mod:`~fsmis.tracking.query`: runs read back as pandas frames.
 
 Tracking is a side channel: a science job never fails because the store is unreachable
-(strict mode aside, see ``store``). ``FSMIS_TRACKING=off`` makes every function here a
-no-op that writes nothing and does not import MLflow; importing this package never
-imports MLflow either (it costs seconds of CPU).
+(strict mode aside, see ``store``), and the workflow's calls to a server that does not
+answer give up in seconds, leaving the runs in the spool (``store.bounded_http``).
+``FSMIS_TRACKING=off`` makes every function here a no-op that writes nothing and does
+not import MLflow; importing this package never imports MLflow either (it costs seconds
+of CPU).
 """
 
 from fsmis.tracking.query import metric_history, search

@@ -182,12 +182,13 @@ def start_parent(
     run_tags = _source_commit({"stage": "workflow", "git_commit": git_commit(), **(tags or {})})
     name = run_name or time.strftime("snakemake-%Y%m%d-%H%M%S")
     try:
-        client = store.client(uri, db)
-        exp_id = store.experiment_id(client, uri, db, experiment)
-        run = store.retry(client.create_run, exp_id, tags=tag_values(run_tags), run_name=name)
+        with store.bounded_http():
+            client = store.client(uri, db)
+            exp_id = store.experiment_id(client, uri, db, experiment)
+            run = store.retry(client.create_run, exp_id, tags=tag_values(run_tags), run_name=name)
         return run.info.run_id
     except Exception as err:
-        store.tolerate("creating the parent run", err, strict)
+        store.tolerate(f"creating the parent run in {uri}", err, strict)
         return None
 
 
@@ -197,21 +198,38 @@ def end_parent(
     uri: str | None = None,
     log_file: str | os.PathLike | None = None,
     strict: bool | None = None,
+    spool: str | os.PathLike | None = None,
 ) -> None:
-    """Terminate the parent run with ``status``; attach the Snakemake log file if given."""
+    """Terminate the parent run with ``status``; attach the Snakemake log file if given.
+
+    With ``spool`` (not strict), a store that fails gets the end recorded there instead
+    (with a copy of the log file), for :func:`~fsmis.tracking.flush_spool` to store later."""
     if status not in _TERMINAL:
         raise ValueError(f"run status must be one of {_TERMINAL}, got {status!r}")
     if run_id is None or not store.enabled():
         return
     strict = store.strict_mode(strict)
     uri, db = store.resolve(uri)
+    end_time = now_ms()
     try:
-        client = store.client(uri, db)
-        if log_file is not None and Path(log_file).is_file():
-            store.retry(client.log_artifact, run_id, os.fspath(log_file), "snakemake")
-        store.retry(client.set_terminated, run_id, status)
+        with store.bounded_http():
+            terminate_parent(store.client(uri, db), run_id, status, end_time, log_file)
     except Exception as err:
-        store.tolerate(f"ending parent run {run_id}", err, strict)
+        if spool is None or strict:
+            store.tolerate(f"ending parent run {run_id} in {uri}", err, strict)
+            return
+        from fsmis.tracking.spool import record_parent_end  # spool builds on this module
+
+        record_parent_end(Path(spool), uri, run_id, status, end_time, log_file)
+        log.info("MLflow tracking: ending parent run %s failed (%s); recorded in %s", run_id, store.describe(err),
+                 spool)
+
+
+def terminate_parent(client, run_id: str, status: str, end_time: int | None, log_file) -> None:
+    """Attach ``log_file`` (if it exists) under ``snakemake/`` and end the run."""
+    if log_file is not None and Path(log_file).is_file():
+        store.retry(client.log_artifact, run_id, os.fspath(log_file), "snakemake")
+    store.retry(client.set_terminated, run_id, status, end_time=end_time)
 
 
 def _job_tags(stage: str, params: Mapping[str, Any], given: dict[str, Any]) -> tuple[dict[str, Any], dict]:

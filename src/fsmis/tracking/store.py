@@ -16,6 +16,12 @@ Failure policy. Tracking is a side channel: a science job never fails because th
 is unreachable or a logging call fails; :func:`tolerate` turns such errors into
 warnings. A wrong setup (an invalid flag value, an unsupported URI scheme) always raises.
 Strict mode (``$FSMIS_TRACKING_STRICT``, or ``strict=True``) raises every error.
+
+A server that does not answer. MLflow's HTTP client retries a failed request for about
+four minutes by default (7 retries, backoff factor 2, 120 s timeout). The workflow's
+store step (opening the store, the parent run, storing the spool) runs inside
+:func:`bounded_http`, where a server that is down fails in about 3 s (a hung one in at
+most 3 x 20 s); :func:`unreachable` tells such failures from errors in what was sent.
 """
 
 from __future__ import annotations
@@ -25,12 +31,14 @@ import fcntl
 import logging
 import os
 import random
+import re
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from fsmis import envvars
+from fsmis.tracking.values import truncate
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +47,16 @@ _SCHEMES = {"sqlite", "http", "https", "postgresql", "mysql", "mssql", "databric
 RETRY_DELAYS = (0.25, 0.5, 1.0, 2.0)  # seconds before attempts 2..5, jittered
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
+
+# MLflow's HTTP client settings inside bounded_http(): 3 attempts, ~2-3 s of backoff in
+# all (urllib3 sleeps 0, then factor * 2 s, plus up to 1 s of jitter), 20 s per attempt
+HTTP_BOUNDS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "20",
+    # no "View run ... at: URL" lines on stdout: two per stored run, each costing a request
+    "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
+}
 
 # per process: resolved URIs whose store is open/migrated, and (uri, experiment) -> id
 _OPENED: set[str] = set()
@@ -75,7 +93,65 @@ def tolerate(what: str, err: Exception, strict: bool) -> None:
     """Re-raise ``err`` when strict; otherwise warn and let the job go on."""
     if strict:
         raise err
-    log.warning("MLflow tracking: %s failed (%s: %s); the job goes on without it", what, type(err).__name__, err)
+    log.warning("MLflow tracking: %s failed (%s); the job goes on without it", what, describe(err))
+
+
+@contextlib.contextmanager
+def bounded_http() -> Iterator[None]:
+    """Inside: MLflow's HTTP requests give up after :data:`HTTP_BOUNDS` (see the module
+    docstring) and print no run URLs. A value the user set in the environment is kept;
+    the environment is restored on exit, so processes started afterwards (jobs) get
+    MLflow's defaults."""
+    added = [name for name in HTTP_BOUNDS if name not in os.environ]
+    for name in added:
+        os.environ[name] = HTTP_BOUNDS[name]
+    # urllib3 warns once per retry; the caller's one line says what failed, and why
+    pool_log = logging.getLogger("urllib3.connectionpool")
+    level = pool_log.level
+    pool_log.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        pool_log.setLevel(level)
+        for name in added:
+            os.environ.pop(name, None)
+
+
+def _causes(err: BaseException | None) -> Iterator[BaseException]:
+    seen = 0
+    while err is not None and seen < 10:
+        yield err
+        err = err.__cause__ or err.__context__
+        seen += 1
+
+
+def unreachable(err: BaseException) -> bool:
+    """True when ``err`` says the store's server could not be reached or did not answer
+    (connection refused or reset, timeout, retries used up), not that it refused what was sent."""
+    try:
+        from requests import exceptions as http_errors
+    except ImportError:  # pragma: no cover - requests comes with MLflow
+        return False
+    kinds = (http_errors.ConnectionError, http_errors.Timeout, http_errors.RetryError, ConnectionError)
+    for cause in _causes(err):
+        if isinstance(cause, kinds) or "Max retries exceeded" in str(cause):
+            return True
+    return False
+
+
+_ERRNO = re.compile(r"\[Errno -?\d+\] [^'\")\]]+")
+
+
+def describe(err: BaseException) -> str:
+    """A short reason for ``err``: the OS error of a failed connection ("[Errno 111]
+    Connection refused") rather than MLflow's and urllib3's nested messages."""
+    for cause in _causes(err):
+        found = _ERRNO.search(str(cause))
+        if found:
+            return found.group(0).strip()
+        if "timed out" in str(cause) or type(cause).__name__.endswith("Timeout"):
+            return "no answer (timed out)"
+    return truncate(f"{type(err).__name__}: {err}", 300)
 
 
 def check_experiment(experiment: str) -> None:
@@ -229,7 +305,7 @@ def experiment_id(mlflow_client, uri: str, db: Path | None, experiment: str) -> 
             found = retry(mlflow_client.get_experiment_by_name, experiment)
             if found is None:
                 location = artifact_location(db) if db is not None else None
-                exp_id = retry(mlflow_client.create_experiment, experiment, artifact_location=location)
+                exp_id = _create_experiment(mlflow_client, experiment, location)
             else:
                 if found.lifecycle_stage == "deleted":
                     retry(mlflow_client.restore_experiment, found.experiment_id)
@@ -238,6 +314,19 @@ def experiment_id(mlflow_client, uri: str, db: Path | None, experiment: str) -> 
         exp_id = found.experiment_id
     _EXPERIMENTS[key] = exp_id
     return exp_id
+
+
+def _create_experiment(mlflow_client, experiment: str, location: str | None) -> str:
+    try:
+        return retry(mlflow_client.create_experiment, experiment, artifact_location=location)
+    except Exception as err:
+        # a server has no file lock: another process may have created it in the meantime
+        if getattr(err, "error_code", None) != "RESOURCE_ALREADY_EXISTS":
+            raise
+        found = retry(mlflow_client.get_experiment_by_name, experiment)
+        if found is None:
+            raise
+        return found.experiment_id
 
 
 def init_store(experiment: str, uri: str | None = None, strict: bool | None = None) -> str | None:
@@ -252,7 +341,8 @@ def init_store(experiment: str, uri: str | None = None, strict: bool | None = No
     strict = strict_mode(strict)
     uri, db = resolve(uri)
     try:
-        return experiment_id(client(uri, db), uri, db, experiment)
+        with bounded_http():
+            return experiment_id(client(uri, db), uri, db, experiment)
     except Exception as err:
         tolerate(f"opening store {uri}", err, strict)
         return None
