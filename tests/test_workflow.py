@@ -241,7 +241,7 @@ def test_schema_settings_are_fsmis_settings():
 # --- profiles and environments ------------------------------------------------------
 
 
-@pytest.mark.parametrize("name", ["default", "gpu", "slurm"])
+@pytest.mark.parametrize("name", ["default", "gpu", "slurm", "slurm-cpu"])
 def test_profile_keys_are_snakemake_options(name):
     from snakemake.cli import get_argument_parser
 

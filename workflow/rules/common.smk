@@ -27,7 +27,8 @@ from snakemake.io import report as report_item
 # run 8 torch jobs at once, which thrash the caches (measured: ~40 % less throughput
 # than 2 jobs). Each training/evaluation job therefore also takes one `cpu_jobs` token,
 # and at most one such job per CPU of this machine runs at once unless the command line
-# says otherwise (--resources cpu_jobs=N). Cluster executors ignore the limit.
+# says otherwise (--resources cpu_jobs=N). Snakemake applies global resources to cluster
+# executors too, so the slurm profiles lift it (`resources: cpu_jobs: 50`).
 workflow.global_resources.setdefault("cpu_jobs", os.cpu_count() or 1)
 
 
