@@ -540,6 +540,21 @@ def check_the_demo_variance_run_trains_three_seeds_and_evaluates_three_supports(
         assert f"results/demo-variance/ssl_alpnet/setting1/seed{seed}/fold4/metrics.json" in out
 
 
+@check("snakemake --cores 8 all --configfile workflow/presets/demo-zoo.yaml")
+def check_the_demo_zoo_plans_every_method_of_both_lineages(command, request):
+    """Dry-run in a checkout: the 109 jobs the README states, 9 methods + the untrained
+    network trained and 11 rows evaluated per fold (3 folds), 3D supervoxels for the
+    ADNet lineage and 2D superpixels for the other, into results/demo-zoo/."""
+    wd = checkout(request.getfixturevalue("tmp_path"))
+    result, out, _ = snakemake(wd, command, "-n")
+    assert result.returncode == 0, out[-6000:]
+    counts = job_counts(out)
+    assert f"{sum(counts.values())} jobs" in readme_paragraph_after(command)
+    assert (counts["train"], counts["evaluate"], counts["superpixels"], counts["supervoxels"]) == (30, 33, 10, 10)
+    for method in ("qnet", "catnet", "rpt", "gmrd", "iplsl"):
+        assert f"results/demo-zoo/{method}/setting1/seed1234/fold2/metrics.json" in out
+
+
 @check("snakemake --configfile my.yaml --replace-workflow-config")
 def check_another_experiment_starts_from_the_paper_defaults(command, request):
     """Dry-run with a minimal my.yaml (experiment and dataset) in a checkout whose
