@@ -103,7 +103,7 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
     from fsmis import evaluate as evaluator
     from fsmis.data import adapters
     from fsmis.models import registry
-    from fsmis.precision import pick_device
+    from fsmis.precision import pick_device, resolve_amp
 
     set_threads(threads)
     groups = groups_of(config, setting)
@@ -136,6 +136,11 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
         import torch
 
         torch.manual_seed(seed)  # methods that draw at test time (GMRD's descriptors) predict reproducibly
+        device, plan = pick_device(), None
+        if models is not None:  # mask_transfer runs no network; `amp: auto` resolved once for every group
+            plan = resolve_amp(config["evaluate"].get("amp", False), device, config["model"].get("channels_last"))
+            run.log_params({"amp_resolved": plan.path, "amp_reason": plan.reason})
+            log.info("precision %s (%s), device %s", plan.path, plan.reason, device)
         t0 = time.perf_counter()
         rows, merged = [], {p: {} for p in protocols}
         geometry, loaded = {}, {}
@@ -146,8 +151,7 @@ def evaluate(method: str, setting: str, fold: int, config: dict, splits_json: st
                 meta, state_dict = ModelMeta.load(models[group])
                 model = registry.build(meta.architecture, meta.model, meta.method_params)
                 model.load_state_dict(state_dict)
-                predictor = evaluator.ModelPredictor(model, pick_device(), amp=config["evaluate"].get("amp", False),
-                                                     channels_last=bool(config["model"].get("channels_last", False)))
+                predictor = evaluator.ModelPredictor(model, device, amp=plan.amp, channels_last=plan.channels_last)
                 stats, need_image = meta.norm, True
             # the groups' models of one fold share their normalisation: read each scan once
             key = (json.dumps(stats, sort_keys=True), need_image)

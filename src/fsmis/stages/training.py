@@ -60,7 +60,7 @@ def train(method: str, setting: str, fold: int, config: dict, method_params: dic
     from fsmis.data.episodes import SuperpixelEpisodes
     from fsmis.data.volume_episodes import SupervoxelEpisodes
     from fsmis.models import registry
-    from fsmis.precision import amp_dtype, pick_device
+    from fsmis.precision import pick_device, resolve_amp
 
     set_threads(threads)
     groups = groups_of(config, setting)
@@ -113,12 +113,14 @@ def train(method: str, setting: str, fold: int, config: dict, method_params: dic
                                           sampling=train_cfg.get("superpixel_sampling", "uniform"))
         run.log_metrics({"train_slices": len(episodes), "excluded_slices": len(dropped)})
         device = pick_device()
-        if config["model"].get("channels_last"):
-            train_cfg["channels_last"] = True
+        # `amp: auto` resolved once here: the loop gets the explicit choice, the run records it
+        plan = resolve_amp(train_cfg.get("amp", False), device, config["model"].get("channels_last"))
+        train_cfg["amp"], train_cfg["channels_last"] = plan.amp, plan.channels_last
+        run.log_params({"amp_resolved": plan.path, "amp_reason": plan.reason})
         log.info("training %s fold %s (setting %s, group %s) on %d slices of %d scans (%d excluded), %s, "
                  "normalisation %s, device %s, %d threads, amp %s", method, fold, setting, group, len(episodes),
                  len(volumes), len(dropped), data["pseudo_labels"], data["normalisation"], device, threads,
-                 amp_dtype(train_cfg.get("amp", False), device) or "off")
+                 f"{plan.path} ({plan.reason})")
         summary = training_loop.train(model, episodes, train_cfg, model_out, log_out, meta.to_json(), device=device,
                                       tracker=run)
         run.log_metrics({"train_seconds": summary["seconds"], "final_loss": summary["final_loss"]})
