@@ -499,8 +499,8 @@ def check_the_dataset_list_names_every_dataset(command, request):
 @check("snakemake --cores 8 all")
 def check_the_demo_plans_the_jobs_the_readme_counts(command, request):
     """Dry-run of the demo's own config.yaml: the number of jobs the README states after
-    it, one conversion and one supervoxel job per case (ADNet's), 3 folds of 5 trained
-    and 6 evaluated rows."""
+    it, one conversion and one supervoxel job per case (ADNet's), 3 folds of 4 trained
+    (SSL-ALPNet, DSPNet, ADNet, the untrained network) and 5 evaluated rows."""
     wd = checkout(request.getfixturevalue("tmp_path"))
     result, out, _ = snakemake(wd, command, "-n")
     assert result.returncode == 0, out[-6000:]
@@ -509,7 +509,7 @@ def check_the_demo_plans_the_jobs_the_readme_counts(command, request):
     if claimed:
         assert sum(counts.values()) == int(claimed[1]), counts
     assert counts["canonical"] == counts["supervoxels"] == 10
-    assert counts["train"] == 3 * 5 and counts["evaluate"] == 3 * 6
+    assert counts["train"] == 3 * 4 and counts["evaluate"] == 3 * 5
 
 
 @check("snakemake --cores 8 all --configfile workflow/presets/demo-ablation.yaml")
