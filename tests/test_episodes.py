@@ -29,6 +29,40 @@ def test_same_seed_same_episodes_and_different_seed_differs():
     assert any(not torch.equal(x["qry_img"], y["qry_img"]) for x, y in zip(ea, ec))
 
 
+def test_episode_k_is_a_function_of_the_seed_and_k():
+    """What a worker or a resumed run gets by asking for episode k is what the k-th
+    sample() of an uninterrupted sampler gave."""
+    seq = SuperpixelEpisodes(*_data(), AUG, seed=3)
+    stream = [seq.sample() for _ in range(7)]
+    fresh = SuperpixelEpisodes(*_data(), AUG, seed=3)
+    for k in (5, 6, 0, 4):
+        got, want = fresh.episode(k), stream[k]
+        assert got["slice"] == want["slice"] and got["superpixel"] == want["superpixel"]
+        assert torch.equal(got["sup_img"], want["sup_img"]) and torch.equal(got["qry_label"], want["qry_label"])
+    with pytest.raises(ValueError, match="episode index must be >= 0"):
+        fresh.episode(-1)
+
+
+def test_each_epoch_visits_every_slice_once_in_a_new_order():
+    ep = SuperpixelEpisodes(*_data(), AUG, seed=2)  # slices 1, 2, 3
+    orders = [[ep._slice_of(e * 3 + p) for p in range(3)] for e in range(12)]
+    assert all(sorted(o) == [0, 1, 2] for o in orders)
+    assert len({tuple(o) for o in orders}) > 1  # reshuffled per epoch
+
+
+def test_episode_streams_are_distinct_and_seeded():
+    from fsmis.data.episodes import ORDER_STREAM, episode_generator
+
+    def first(seed, index, purpose=1):
+        return torch.rand(4, generator=episode_generator(seed, index, purpose))
+
+    draws = [first(5, k) for k in range(200)]
+    assert len({tuple(d.tolist()) for d in draws}) == 200  # no two episodes share a stream
+    assert torch.equal(first(5, 17), draws[17])
+    assert not torch.equal(first(6, 17), draws[17]) and not torch.equal(first(5, 17, ORDER_STREAM), draws[17])
+    assert torch.equal(first(-3, 2), first(-3, 2))  # negative seeds are valid
+
+
 def test_episode_contents():
     ep = SuperpixelEpisodes(*_data(), AUG, seed=0)
     assert len(ep) == 3  # slice 0 has no superpixel

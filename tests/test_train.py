@@ -26,23 +26,45 @@ class Killer:
 
 
 def test_resume_after_kill_gives_the_same_model(tmp_path):
+    """Killed at step 5 while two workers draw episodes ahead, resumed from step 3's
+    checkpoint without workers: bit for bit the uninterrupted run's model."""
     meta = {"config_hash": "abc"}
     a = tmp_path / "a"
     T.train(tiny.model(), tiny.episodes(), CFG, a / "model.pt", a / "log.tsv", meta, device="cpu")
     b = tmp_path / "b"
     with pytest.raises(KeyboardInterrupt):
-        T.train(tiny.model(), tiny.episodes(), CFG, b / "model.pt", b / "log.tsv", meta, device="cpu",
-                tracker=Killer(5))
+        T.train(tiny.model(), tiny.episodes(), dict(CFG, workers=2), b / "model.pt", b / "log.tsv", meta,
+                device="cpu", tracker=Killer(5))
     assert (b / "checkpoint.pt").exists() and not (b / "model.pt").exists()
-    assert ckpt.load(b / "checkpoint.pt")["step"] == 3
+    state = ckpt.load(b / "checkpoint.pt")
+    assert state["step"] == 3 and "episodes" not in state  # the step is all the episodes need
     T.train(tiny.model(), tiny.episodes(), CFG, b / "model.pt", b / "log.tsv", meta, device="cpu")
     sa, sb = ckpt.load(tmp_path / "a" / "model.pt"), ckpt.load(b / "model.pt")
     for k in sa["state_dict"]:
-        assert torch.allclose(sa["state_dict"][k].float(), sb["state_dict"][k].float(), atol=1e-6), k
+        assert torch.equal(sa["state_dict"][k], sb["state_dict"][k]), k
     log = pd.read_csv(b / "log.tsv", sep="\t")
     assert log["step"].tolist() == [1, 2, 3, 4, 5, 6]
     assert log["lr"].tolist() == pytest.approx([1e-3, 5e-4, 5e-4, 2.5e-4, 2.5e-4, 1.25e-4])
     assert not (b / "checkpoint.pt").exists()
+
+
+def test_checkpoint_of_the_sequential_sampler_is_resumed_with_a_warning(tmp_path, caplog):
+    """Checkpoints written before per-step episode streams carry the old sampler's
+    state ("episodes"): their training is kept, the later episodes are the new ones."""
+    b = tmp_path / "b"
+    with pytest.raises(KeyboardInterrupt):
+        T.train(tiny.model(), tiny.episodes(), CFG, b / "model.pt", b / "log.tsv", {"config_hash": "h"}, device="cpu",
+                tracker=Killer(4))
+    state = ckpt.load(b / "checkpoint.pt")
+    state["episodes"] = {"gen": torch.Generator().get_state(), "order": torch.tensor([2, 0], dtype=torch.long)}
+    ckpt.save(state, b / "checkpoint.pt")
+    with caplog.at_level("WARNING", logger="fsmis.train"):
+        T.train(tiny.model(), tiny.episodes(), CFG, b / "model.pt", b / "log.tsv", {"config_hash": "h"}, device="cpu")
+    said = [r.getMessage() for r in caplog.records]
+    assert any("checkpoint.pt was written by the earlier sequential episode sampler: resumed at step 3" in m
+               for m in said)
+    assert pd.read_csv(b / "log.tsv", sep="\t")["step"].tolist() == [1, 2, 3, 4, 5, 6]
+    assert (b / "model.pt").exists() and not (b / "checkpoint.pt").exists()
 
 
 def test_checkpoint_of_another_configuration_is_kept_aside(tmp_path):

@@ -5,10 +5,21 @@ all parameters), learning rate x0.95 every 1000 steps (stepped per iteration),
 weighted cross-entropy (background 0.05, foreground 1) on the query plus the
 method's alignment loss (weight 1), one episode per step.
 
-A checkpoint (model, optimiser, scheduler, episode sampler and RNG states) is
+Step ``s`` trains on episode ``s - 1`` of the sampler (``episodes.episode(i)``, a
+function of the seed and ``i`` alone), produced ahead of the step by
+``cfg["workers"]`` worker processes (``fsmis.data.prefetch``; 0, the default here,
+draws it in this process): the same seed gives the same model with 0 or N workers.
+
+A checkpoint (model, optimiser, scheduler, global torch RNG state and the step) is
 written every ``checkpoint_every`` steps; a killed job restarts from it and
-produces the same model as an uninterrupted run. Progress lines report step,
-loss, rate and time left.
+produces the same model as an uninterrupted run (the episodes after the step need
+nothing else). A checkpoint of the earlier sequential sampler (an ``episodes``
+entry) is still resumed, with a warning: its later episodes come from the
+per-step streams. Progress lines report step, loss, rate and time left; the
+time spent waiting for episodes is logged at the end and returned.
+
+On CUDA the per-step losses stay on the device until a log row needs them, so the
+host never waits for the device between steps.
 
 Precision (``cfg["amp"]``): ``fsmis.precision``.
 """
@@ -23,6 +34,7 @@ import torch
 
 from fsmis import checkpoint as ckpt
 from fsmis import paths
+from fsmis.data.prefetch import EpisodeStream
 from fsmis.models.fewshot import EmptyPrototypeSet
 from fsmis.models.prototypes import segmentation_loss
 from fsmis.precision import amp_dtype, autocast_encoder, make_grad_scaler, pick_device
@@ -65,17 +77,14 @@ def make_optimizer(model, cfg):
     return opt, sched
 
 
-def _to(batch, device):
-    return {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+def _fresh_acc() -> dict:
+    # 0-d loss tensors of the steps since the last log row (read back only then)
+    return {"loss": [], "query_loss": [], "align_loss": [], "other_loss": [], "skipped": 0}
 
 
-def _episode_state(episodes) -> dict:
-    return {"gen": episodes.gen.get_state(), "order": torch.tensor(episodes._order, dtype=torch.long)}
-
-
-def _restore_episodes(episodes, state) -> None:
-    episodes.gen.set_state(state["gen"])
-    episodes._order = state["order"].tolist()
+def _mean(values: list) -> float:
+    # the same float64 sum, in the same order, as adding each step's .item()
+    return sum(v.item() for v in values) / max(len(values), 1)
 
 
 def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=None, tracker=None) -> dict:
@@ -83,7 +92,8 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
 
     ``meta`` is stored in the checkpoint and model file (method, configuration,
     normalisation statistics); a resume file whose ``meta['config_hash']`` differs
-    is set aside (renamed), never silently reused.
+    is set aside (renamed), never silently reused. ``episodes``: a sampler with
+    ``episode(i)``; ``cfg["workers"]``: episode worker processes (0 when absent).
     """
     device = device or pick_device()
     model.to(device).train()
@@ -102,11 +112,14 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
             sched.load_state_dict(state["scheduler"])
             if scaler is not None and "scaler" in state:
                 scaler.load_state_dict(state["scaler"])
-            _restore_episodes(episodes, state["episodes"])
             torch.set_rng_state(state["torch_rng"])
             start = int(state["step"])
             rows = state["log_rows"]
             log.info("resuming from %s at step %d", resume_path, start)
+            if "episodes" in state:  # written before episodes had per-step streams
+                log.warning("%s was written by the earlier sequential episode sampler: resumed at step %d, the "
+                            "episodes after it come from the per-step streams, so the model differs from an "
+                            "uninterrupted run of either version", resume_path, start)
         else:
             stale = Path(paths.beside(model_out, "stale_checkpoint",
                                       config_hash=state.get("meta", {}).get("config_hash") or "old"))
@@ -115,15 +128,18 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
                         resume_path, stale)
 
     steps, every = int(cfg["steps"]), int(cfg["log_every"])
-    acc = {"loss": 0.0, "query_loss": 0.0, "align_loss": 0.0, "other_loss": 0.0, "n": 0, "skipped": 0}
+    acc = _fresh_acc()
+    workers = int(cfg.get("workers") or 0)
     # Methods whose own training losses need the query label (IPLSL's self-learning
     # loss) say so; their extra losses come back weighted and are added as they are.
     with_label = bool(getattr(model, "takes_query_label", False))
     t0 = time.perf_counter()
     elapsed_before = rows[-1]["elapsed_s"] if rows else 0.0
-    with autocast_encoder(model, dtype, bool(cfg.get("channels_last", False))):
-        for step in range(start + 1, steps + 1):
-            batch = _to(episodes.sample(), device)
+    if workers:
+        log.info("episodes drawn ahead by %d worker processes", workers)
+    stream = EpisodeStream(episodes, start, steps, device, workers)
+    with stream, autocast_encoder(model, dtype, bool(cfg.get("channels_last", False))):
+        for step, batch in zip(range(start + 1, steps + 1), stream):
             try:
                 losses = training_step(model, batch, cfg, opt, scaler, with_label)
             except EmptyPrototypeSet:
@@ -133,18 +149,16 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
                 continue
             sched.step()
             for key, value in losses.items():
-                acc[key] += value.item()
-            acc["n"] += 1
+                acc[key].append(value)
             if step % every == 0 or step == steps:
                 elapsed = elapsed_before + time.perf_counter() - t0
                 rate = (step - start) / max(time.perf_counter() - t0, 1e-9)
-                n = max(acc["n"], 1)
                 row = {
                     "step": step,
-                    "loss": acc["loss"] / n,
-                    "query_loss": acc["query_loss"] / n,
-                    "align_loss": acc["align_loss"] / n,
-                    "other_loss": acc["other_loss"] / n,
+                    "loss": _mean(acc["loss"]),
+                    "query_loss": _mean(acc["query_loss"]),
+                    "align_loss": _mean(acc["align_loss"]),
+                    "other_loss": _mean(acc["other_loss"]),
                     "lr": opt.param_groups[0]["lr"],
                     "skipped": acc["skipped"],
                     "elapsed_s": round(elapsed, 2),
@@ -158,21 +172,24 @@ def train(model, episodes, cfg: dict, model_out, log_out, meta: dict, device=Non
                 if tracker is not None:
                     tracker.log_metrics({k: row[k] for k in ("loss", "query_loss", "align_loss", "other_loss", "lr")},
                                         step=step)
-                acc = {"loss": 0.0, "query_loss": 0.0, "align_loss": 0.0, "other_loss": 0.0, "n": 0, "skipped": 0}
+                acc = _fresh_acc()
             if cfg.get("checkpoint_every") and step % int(cfg["checkpoint_every"]) == 0 and step < steps:
                 state = {"state_dict": model.state_dict(), "optimizer": opt.state_dict(),
-                         "scheduler": sched.state_dict(), "episodes": _episode_state(episodes),
-                         "torch_rng": torch.get_rng_state(), "step": step, "log_rows": rows, "meta": meta}
+                         "scheduler": sched.state_dict(), "torch_rng": torch.get_rng_state(), "step": step,
+                         "log_rows": rows, "meta": meta}
                 if scaler is not None:
                     state["scaler"] = scaler.state_dict()
                 ckpt.save(state, resume_path)
+    if steps > start:
+        log.info("waited %.1f s for episodes over %d steps (%.1f ms a step, %d episode workers)", stream.waited_s,
+                 steps - start, 1e3 * stream.waited_s / (steps - start), workers)
     _write_log(rows, log_out)
     weights = {k: v.cpu() for k, v in model.state_dict().items()}
     ckpt.save({"state_dict": weights, "step": steps, "meta": meta}, model_out)
     if resume_path.exists():
         resume_path.unlink()  # the finished model supersedes the resume state
     return {"steps": steps, "final_loss": rows[-1]["loss"] if rows else float("nan"),
-            "seconds": rows[-1]["elapsed_s"] if rows else 0.0}
+            "seconds": rows[-1]["elapsed_s"] if rows else 0.0, "episode_wait_s": round(stream.waited_s, 3)}
 
 
 def _write_log(rows, path) -> None:

@@ -2,7 +2,7 @@
 
 One episode = one 3D supervoxel of a training scan and two neighbouring axial slices
 through it: one is the support, the other the query, each with the supervoxel's cross
-section as its binary label. ``sample()`` returns what
+section as its binary label. ``episode(i)`` (and ``sample()``, the next one) returns what
 :class:`fsmis.data.episodes.SuperpixelEpisodes` returns (``sup_img``, ``sup_fg``,
 ``qry_img``, ``qry_label``) and, as provenance, ``slice``/``query_slice`` ((volume
 index, z) of support and query), ``supervoxel`` and ``gamma_on``/``geometry_on``
@@ -68,10 +68,16 @@ Deliberate differences from every reference:
 - affine and elastic field in one resampling; the reference resamples twice (cv2 with
   a zero border, then ``map_coordinates`` with reflection), which differs at the
   border and by one extra bilinear smoothing;
-- all draws come from one seeded ``torch.Generator`` (``gen``): the same seed gives
-  the same episodes and :meth:`state`/:meth:`restore` resume a run exactly (the
-  reference seeds Python's ``random`` but not NumPy's, and draws each elastic field
-  from a fresh unseeded ``RandomState``, so its augmentations differ between runs).
+- every draw of episode ``i`` (the one step ``i + 1`` trains on) comes from a
+  ``torch.Generator`` of its own, derived from ``(seed, i)``
+  (:func:`fsmis.data.episodes.episode_generator`): the same seed gives the same
+  episodes whichever process produces them and in any order
+  (``fsmis.data.prefetch``), and a resumed run needs only its step (the reference
+  seeds Python's ``random`` but not NumPy's, and draws each elastic field from a
+  fresh unseeded ``RandomState``, so its augmentations differ between runs). The
+  sampling law is the one above; only the source of randomness moved from one
+  sequential generator to per-episode streams, which changed every drawn episode,
+  and so the demo's numbers, once.
 """
 
 from __future__ import annotations
@@ -82,7 +88,7 @@ import numpy as np
 import torch
 
 from fsmis.data.augment import REFERENCE_SIZE, _gaussian_blur, affine_matrix, warp
-from fsmis.data.episodes import tile3
+from fsmis.data.episodes import episode_generator, tile3
 
 SAMPLINGS = ("candidates", "reference", "adnet")
 SHEAR_CENTRES = ("centre", "corner")
@@ -218,8 +224,8 @@ class SupervoxelEpisodes:
             if tuple(img.shape) != sv.shape:
                 raise ValueError(f"volume {i}: image {tuple(img.shape)} and supervoxels {sv.shape} differ")
         self.sampling, self.cfg, self.shear_about = sampling, augment_cfg, shear_about
-        self.gen = torch.Generator().manual_seed(int(seed))
-        self._order: list[int] = []  # no epoch order (draws are independent); kept for fsmis.train's state
+        self.seed = int(seed)
+        self.position = 0  # the next episode sample() returns
         self.pools = []  # per usable scan: see _pool
         windows: set[tuple[int, int]] = set()  # (volume, z) of every slice an accepted pair can use
         for vi, sv in enumerate(self.supervoxels):
@@ -261,59 +267,68 @@ class SupervoxelEpisodes:
         """Distinct training slices an episode can use."""
         return self.n_slices
 
-    def _randint(self, n: int) -> int:
-        return int(torch.randint(n, (), generator=self.gen))
+    def _draw(self, gen: torch.Generator) -> tuple[int, int, int, int]:
+        """(volume, id, first slice, second slice) of an accepted pair, drawn from ``gen``."""
 
-    def _coin(self) -> bool:
-        return float(torch.rand((), generator=self.gen)) > 0.5  # np.random.random(1) > 0.5
+        def randint(n: int) -> int:
+            return int(torch.randint(n, (), generator=gen))
 
-    def _draw(self) -> tuple[int, int, int, int]:
-        """(volume, id, first slice, second slice) of an accepted pair."""
         if self.sampling == "candidates":
-            vi, ids, table, _ = self.pools[self._randint(len(self.pools))]
-            k = int(ids[self._randint(len(ids))])
-            z = int(table[k][self._randint(len(table[k]))])
+            vi, ids, table, _ = self.pools[randint(len(self.pools))]
+            k = int(ids[randint(len(ids))])
+            z = int(table[k][randint(len(table[k]))])
             return vi, k, z, z + 1
         draws = 0
         while True:  # a new scan: the reference's recursion
-            vi, ids, table, _ = self.pools[self._randint(len(self.pools))]
+            vi, ids, table, _ = self.pools[randint(len(self.pools))]
             while True:
                 draws += 1
                 if draws > _MAX_DRAWS:
                     raise RuntimeError(f"no accepted supervoxel pair in {_MAX_DRAWS} draws")
-                k = int(ids[self._randint(len(ids))])
+                k = int(ids[randint(len(ids))])
                 if k not in table:
                     continue  # fewer than two usable slices: draw another id
                 if self.sampling == "adnet":
                     first, second, ok = table[k]
-                    i = self._randint(len(first))
+                    i = randint(len(first))
                     if ok[i]:
                         return vi, k, int(first[i]), int(second[i])
                     continue
                 if not table[k]:
                     break  # no run of two slices: another scan
-                starts, ok = table[k][self._randint(len(table[k]))]
-                i = self._randint(len(starts))
+                starts, ok = table[k][randint(len(table[k]))]
+                i = randint(len(starts))
                 if ok[i]:
                     return vi, k, int(starts[i]), int(starts[i]) + 1
 
     def sample(self) -> dict:
-        vi, k, z0, z1 = self._draw()
-        zs, zq = (z1, z0) if self._coin() else (z0, z1)
+        """The next episode: :meth:`episode` of 0, 1, 2, ... in turn."""
+        self.position += 1
+        return self.episode(self.position - 1)
+
+    def episode(self, index: int) -> dict:
+        """Episode ``index`` (>= 0) of this seed: the same whoever asks and when."""
+        gen = episode_generator(self.seed, index)
+
+        def coin() -> bool:
+            return float(torch.rand((), generator=gen)) > 0.5  # np.random.random(1) > 0.5
+
+        vi, k, z0, z1 = self._draw(gen)
+        zs, zq = (z1, z0) if coin() else (z0, z1)
         image, sv = self.images[vi], self.supervoxels[vi]
         s_img, q_img = image[zs], image[zq]
         s_fg, q_fg = torch.from_numpy(sv[zs] == k), torch.from_numpy(sv[zq] == k)
-        gamma_on = "query" if self._coin() else "support"
-        g = _uniform(self.gen, *self.cfg["gamma"])
+        gamma_on = "query" if coin() else "support"
+        g = _uniform(gen, *self.cfg["gamma"])
         if gamma_on == "query":
             q_img = lineage_gamma(q_img, g)
         else:
             s_img = lineage_gamma(s_img, g)
-        geometry_on = "query" if self._coin() else "support"
+        geometry_on = "query" if coin() else "support"
         if geometry_on == "query":
-            q_img, q_fg = geometry(q_img, q_fg, self.cfg, self.gen, self.shear_about)
+            q_img, q_fg = geometry(q_img, q_fg, self.cfg, gen, self.shear_about)
         else:
-            s_img, s_fg = geometry(s_img, s_fg, self.cfg, self.gen, self.shear_about)
+            s_img, s_fg = geometry(s_img, s_fg, self.cfg, gen, self.shear_about)
         return {
             "sup_img": tile3(s_img),
             "sup_fg": s_fg[None].float(),
@@ -325,11 +340,3 @@ class SupervoxelEpisodes:
             "gamma_on": gamma_on,
             "geometry_on": geometry_on,
         }
-
-    def state(self) -> dict:
-        """What a checkpoint needs to resume the same episode stream."""
-        return {"gen": self.gen.get_state(), "order": torch.tensor(self._order, dtype=torch.long)}
-
-    def restore(self, state: dict) -> None:
-        self.gen.set_state(state["gen"])
-        self._order = state["order"].tolist()

@@ -29,6 +29,9 @@ def _train_meta(method: str, setting: str, fold: int, group: str, config: dict, 
     data = {**DEFAULT_DATA, **(data or {})}
     labels = "supervoxels" if data["pseudo_labels"] == SUPERVOXELS_3D else "superpixels"
     relevant = {k: config.get(k) for k in ("seed", "model", "train", "preprocess", labels, "dataset")}
+    if isinstance(relevant["train"], dict) and "workers" in relevant["train"]:
+        # episode workers change how fast, not what is trained (fsmis.data.prefetch)
+        relevant["train"] = {k: v for k, v in relevant["train"].items() if k != "workers"}
     if data != DEFAULT_DATA:  # the SSL-ALPNet lineage's hash stays what it was
         relevant["training_data"] = data
     relevant["method_params"] = dict(resolved["params"])
@@ -56,7 +59,7 @@ def train(method: str, setting: str, fold: int, config: dict, method_params: dic
 
     from fsmis import settings
     from fsmis import train as training_loop
-    from fsmis.data import adapters, normalize
+    from fsmis.data import adapters, normalize, prefetch
     from fsmis.data.episodes import SuperpixelEpisodes
     from fsmis.data.volume_episodes import SupervoxelEpisodes
     from fsmis.models import registry
@@ -103,6 +106,8 @@ def train(method: str, setting: str, fold: int, config: dict, method_params: dic
         maps = [read_array(case_file(pseudo_labels, c, "pseudo-labels")) for c in train_cases]
         dropped = {(vi, z) for vi, case in enumerate(train_cases) for z in excluded[case]}
         train_cfg = dict(config["train"])
+        # processes drawing episodes ahead of the step; the model is the same for any count
+        train_cfg["workers"] = prefetch.resolve_workers(train_cfg.get("workers", "auto"), threads)
         if data["pseudo_labels"] == SUPERVOXELS_3D:
             episodes = SupervoxelEpisodes(normed, maps, train_cfg["augment"], seed=seed, excluded=dropped,
                                           sampling=train_cfg.get("supervoxel_sampling", "candidates"),
