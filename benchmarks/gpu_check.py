@@ -3,9 +3,10 @@ machine, in float32 and in mixed precision, as a Markdown table.
 
 Meant for a user (or a CI machine with a GPU) before a paper run: at the papers'
 settings (DeepLabV3-ResNet101 trunk, random weights, 256x256, every registered method)
-it takes one to two minutes on a recent GPU and well under five. It runs on a CPU too;
-there ``--quick`` (small_cnn at 128x128, 3 steps) answers in seconds, the paper settings
-take several seconds per step.
+it is sized for well under five minutes on a recent GPU (an estimate: not yet run on
+one). It runs on a CPU too; there ``--quick`` (small_cnn at 128x128, 3 steps, 16
+slices) answers in about a minute for all methods, the paper settings take seconds
+per step (minutes with emulated bf16).
 
 Per method and precision row:
 
@@ -14,9 +15,10 @@ Per method and precision row:
   scheduler step), the device synchronised around each; ``x_fp32``: that median over
   the fp32 row's.
 - ``episode_ms``: median time to produce one episode in the training process (the
-  sampler's ``sample()``: slice and pseudo-label draw, the two augmentations, and the
-  copy to the device), which each step waits for when no worker produces episodes
-  ahead of it; ``wait_pct``: that over ``step_ms``, in percent. Episodes are real: the
+  sampler's ``episode(i)``: slice and pseudo-label draw, the two augmentations, and the
+  copy to the device), which each step waits for with ``train.workers: 0``;
+  ``wait_pct``: that over ``step_ms``, in percent. With workers the wait is hidden
+  behind the step (``benchmarks/episode_wait.py`` measures that). Episodes are real: the
   method's own sampler (``SuperpixelEpisodes`` or ``SupervoxelEpisodes``, with the
   schema's augmentation) on phantom case 0 preprocessed at the input size, with its
   superpixels or 3D supervoxels computed here (seconds, once per lineage). Every row
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import os
 import platform
 import statistics
@@ -220,9 +223,9 @@ class Inputs:
                                          sampling=train["superpixel_sampling"])
         made_s = time.perf_counter() - t0
         episodes, sample_ms = [], []
-        for _ in range(self.args.warmup + self.args.steps):
+        for i in range(self.args.warmup + self.args.steps):
             t0 = time.perf_counter()
-            episode = sampler.sample()
+            episode = sampler.episode(i)  # what fsmis.train draws for step i + 1
             sample_ms.append((time.perf_counter() - t0) * 1e3)
             episodes.append({k: v for k, v in episode.items() if torch.is_tensor(v)})
         scans = [Scan(f"phantom_{i:03d}", normalize.normalize(img, "CT", stats), lab, sp)
@@ -256,7 +259,10 @@ class Row:
         self.plan = plan_of(spec, device)
         torch.manual_seed(args.seed)
         model_cfg = {"backbone": args.backbone, "feature_dim": args.feature_dim, "pretrained": None}
-        self.model = registry.build(name, model_cfg, {}).to(device).train()
+        # methods that read the image at a fixed side (GMRD's descriptors) are told the input size
+        sized = {"image_size": args.size} if "image_size" in {f.name for f in dataclasses.fields(
+            registry.params_class(name))} else {}
+        self.model = registry.build(name, model_cfg, sized).to(device).train()
         self.opt, self.sched = T.make_optimizer(self.model, self.cfg)
         self.scaler = P.make_grad_scaler(self.plan.dtype, device)
         self.with_label = bool(getattr(self.model, "takes_query_label", False))

@@ -40,11 +40,12 @@ def test_quick_check_writes_a_table_of_numbers(tmp_path, capsys, methods):
     for row in rows:
         for column in gpu_check.COLUMNS[3:]:
             assert float(row[column]) >= 0, (column, row)  # every cell a number (peak memory read via VmHWM)
-        assert int(row["steps"]) == 3
-        assert float(row["step_ms"]) > 0 and float(row["episode_ms"]) > 0 and float(row["eval_slices_per_s"]) > 0
+        assert int(row["steps"]) == 3, row
+        assert float(row["step_ms"]) > 0 and float(row["episode_ms"]) > 0 and float(row["eval_slices_per_s"]) > 0, row
+        # the cells are rounded to 0.1: recomputed from them, the share may differ by a few tenths
         assert float(row["wait_pct"]) == pytest.approx(100 * float(row["episode_ms"]) / float(row["step_ms"]),
-                                                       rel=0.01, abs=0.1)
-        assert float(row["peak_mb"]) > 100  # the process with torch imported
+                                                       rel=0.02, abs=0.5), row
+        assert float(row["peak_mb"]) > 100, row  # the process with torch imported
     fp32, amp = rows[0], rows[1]
     assert fp32["path"] == "fp32" and float(fp32["x_fp32"]) == 1.0
     # where bf16 is native the amp row is what auto runs; elsewhere emulated bf16, said so in the header
