@@ -87,11 +87,10 @@ import math
 import numpy as np
 import torch
 
-from fsmis.data.augment import REFERENCE_SIZE, _gaussian_blur, affine_matrix, warp
+from fsmis.data.augment import REFERENCE_SIZE, SHEAR_CENTRES, _gaussian_blur, affine_matrix, warp
 from fsmis.data.episodes import episode_generator, tile3
 
 SAMPLINGS = ("candidates", "reference", "adnet")
-SHEAR_CENTRES = ("centre", "corner")
 _MAX_DRAWS = 1_000_000  # rejection draws before a sampler gives up (never reached on real scans)
 
 
@@ -113,19 +112,10 @@ def lineage_gamma(image: torch.Tensor, g: float) -> torch.Tensor:
 
 def lineage_affine(rot: float, tx: float, ty: float, shear: float, zoom: float, size: int,
                    shear_about: str = "centre") -> torch.Tensor:
-    """Forward 3x3 map in centred pixel coordinates (as ``augment.affine_matrix``);
-    ``shear_about="corner"`` moves the shear's fixed point to the top-left pixel
-    ``o`` (the reference's cv2 coordinates): S(p - o) + o = S p + (o - S o), a
-    translation that the later zoom scales."""
-    m = affine_matrix(rot, tx, ty, shear, zoom)
-    if shear_about == "corner":
-        o = -(size - 1) / 2
-        s = math.radians(shear)
-        m[0, 2] += zoom * math.sin(s) * o
-        m[1, 2] += zoom * (1 - math.cos(s)) * o
-    elif shear_about != "centre":
-        raise ValueError(f"shear_about must be one of {SHEAR_CENTRES}, got {shear_about!r}")
-    return m
+    """Forward 3x3 map in centred pixel coordinates: ``augment.affine_matrix``, whose
+    ``shear_about="corner"`` puts the shear's fixed point at the top-left pixel, as the
+    reference's cv2 matrix does."""
+    return affine_matrix(rot, tx, ty, shear, zoom, size, shear_about)
 
 
 def _uniform(gen: torch.Generator, lo: float, hi: float) -> float:
