@@ -183,13 +183,8 @@ def main(argv=None) -> int:
     p = common.parser(__doc__.split("\n\n")[0], reference_required=False)
     common.add_timing_args(p, "ADNet")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.timing_only:
-        timing(args, common.episode(args.size, args.seed), max(args.timing, 1))
+    if common.run_timing_only(p, args, timing):
         return 0
-    if not args.reference:
-        p.error("--reference is required (unless --timing-only)")
     torchvision = common.load_torchvision(args.reference_libs)
     torch.manual_seed(args.seed)
     ours = ADNet(ADNet.build_backbone(TRUNK)).train()

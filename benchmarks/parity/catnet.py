@@ -340,13 +340,8 @@ def main(argv=None) -> int:
     common.add_timing_args(p, "CAT-Net")
     p.add_argument("--only", choices=["A", "B"], default=None, help="compare one pair only")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.timing_only:
-        timing(args, common.episode(args.size, args.seed), max(args.timing, 1))
+    if common.run_timing_only(p, args, timing):
         return 0
-    if not args.reference:
-        p.error("--reference is required (unless --timing-only)")
     torchvision = common.load_torchvision(args.reference_libs)
     print(f"reference {args.reference}; torchvision {torchvision.__version__}, torch {torch.__version__}; "
           f"{args.size} x {args.size}, seed {args.seed}")

@@ -422,6 +422,20 @@ def add_timing_args(p: argparse.ArgumentParser, method: str, only_flag: str = "-
     p.add_argument(only_flag, action="store_true", help="only the timing (no reference needed)")
 
 
+def run_timing_only(p: argparse.ArgumentParser, args, timing: Callable) -> bool:
+    """The scripts' shared start: torch threads as asked; with ``--timing-only`` run
+    ``timing(args, episode, rounds)`` and return True (nothing else to do); otherwise
+    a checkout is required."""
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.timing_only:
+        timing(args, episode(args.size, args.seed), max(args.timing, 1))
+        return True
+    if not args.reference:
+        p.error("--reference is required (unless --timing-only)")
+    return False
+
+
 def training_steps(models: Mapping[str, nn.Module], ep: dict) -> dict[str, Callable[[], object]]:
     """``{name: one training step of that model on ep}`` (``fsmis.train.training_step``,
     SGD, each model its own optimiser); models that train on the query label get it."""

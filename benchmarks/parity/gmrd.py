@@ -292,13 +292,8 @@ def main(argv=None) -> int:
                    help="which reference code the checkout is: HEAD (3334d87) or 45ba5c2 (ReLU, descriptor losses)")
     common.add_timing_args(p, "GMRD")
     args = p.parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    if args.timing_only:
-        timing(args, common.episode(args.size, args.seed), max(args.timing, 1))
+    if common.run_timing_only(p, args, timing):
         return 0
-    if not args.reference:
-        p.error("--reference is required (unless --timing-only)")
     nov2023 = args.snapshot == "nov2023"
     torchvision = common.load_torchvision(args.reference_libs)
     params = GMRDParams(image_size=args.size, outer_edge="reference", mlp_relu=nov2023,
